@@ -1,0 +1,219 @@
+//! The maildrop lock: one POP3 session per maildrop, across cores, processes and hosts.
+//!
+//! Owns: the lock file `corepop-pop3.lock` in the Maildir's root and the rules for taking,
+//! recognising as stale, and releasing it.
+//!
+//! Design. A held lock must not cost a file descriptor (one process serves ~19,000 logged-in
+//! sessions under a 20,000-fd limit), so the lock is a *token written into the file*, not an
+//! open `flock`. `flock` is used only for the few microseconds it takes to read and write the
+//! token, which makes take-over of a stale lock race-free. The token is
+//! `pid starttime host nonce`:
+//! - same host, same pid and nonce as this process: held by another session here;
+//! - same host, another pid: held while that pid runs with the same start time (a crashed
+//!   owner, or a pid reused by an unrelated process, makes it stale);
+//! - another host (NFS): held until the file is older than [`FOREIGN_STALE`].
+//!
+//! The file itself is never unlinked (unlinking a file others may have open would split the
+//! `flock`); releasing truncates it to empty.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// Name of the lock file inside a Maildir.
+pub const LOCK_FILE: &str = "corepop-pop3.lock";
+
+/// A lock from another host is taken over after this long without change.
+pub const FOREIGN_STALE: Duration = Duration::from_secs(2 * 3600);
+
+/// Why the lock was not taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another live session holds it.
+    InUse,
+    /// The lock file could not be used.
+    Io(io::Error),
+}
+
+impl From<io::Error> for LockError {
+    fn from(e: io::Error) -> Self {
+        LockError::Io(e)
+    }
+}
+
+struct Identity {
+    pid: u32,
+    start: u64,
+    host: String,
+    nonce: u64,
+}
+
+fn identity() -> &'static Identity {
+    static ID: OnceLock<Identity> = OnceLock::new();
+    ID.get_or_init(|| {
+        let pid = std::process::id();
+        Identity {
+            pid,
+            start: process_start(pid).unwrap_or(0),
+            host: hostname(),
+            nonce: rand::random(),
+        }
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().replace(char::is_whitespace, "_"))
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+fn token() -> String {
+    let id = identity();
+    format!("{} {} {} {}\n", id.pid, id.start, id.host, id.nonce)
+}
+
+/// Is the lock described by `content` (modified at `mtime`) still held by a live owner?
+fn is_held(content: &str, mtime: Option<SystemTime>) -> bool {
+    let mut f = content.split_whitespace();
+    let (Some(pid), Some(start), Some(host), Some(nonce)) = (f.next(), f.next(), f.next(), f.next())
+    else {
+        return false; // empty or garbage: not held
+    };
+    let id = identity();
+    if host != id.host {
+        let age = mtime.and_then(|m| SystemTime::now().duration_since(m).ok());
+        return age.is_none_or(|a| a < FOREIGN_STALE);
+    }
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return false;
+    };
+    if pid == id.pid {
+        return nonce.parse::<u64>().ok() == Some(id.nonce);
+    }
+    process_start(pid) == Some(start)
+}
+
+/// A held maildrop lock. Released by [`MaildropLock::release`] or on drop.
+#[derive(Debug)]
+pub struct MaildropLock {
+    path: PathBuf,
+    token: String,
+    released: bool,
+}
+
+fn open_locked(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    // flock(2), held only while the token is read or written; closing `f` releases it.
+    f.lock()?;
+    Ok(f)
+}
+
+impl MaildropLock {
+    /// Takes the lock of the Maildir at `maildir`. Blocking: call it off the executor.
+    pub fn acquire(maildir: &Path) -> Result<Self, LockError> {
+        let path = maildir.join(LOCK_FILE);
+        let mut f = open_locked(&path)?;
+        let mut content = String::new();
+        let _ = f.read_to_string(&mut content);
+        let mtime = f.metadata().and_then(|m| m.modified()).ok();
+        if is_held(&content, mtime) {
+            return Err(LockError::InUse);
+        }
+        let token = token();
+        f.set_len(0)?;
+        f.rewind()?;
+        f.write_all(token.as_bytes())?;
+        Ok(Self {
+            path,
+            token,
+            released: false,
+        })
+    }
+
+    /// Releases the lock (if the file still holds our token). Blocking.
+    pub fn release(mut self) -> io::Result<()> {
+        self.released = true;
+        release(&self.path, &self.token)
+    }
+}
+
+fn release(path: &Path, token: &str) -> io::Result<()> {
+    let mut f = open_locked(path)?;
+    let mut content = String::new();
+    f.read_to_string(&mut content)?;
+    if content == token {
+        f.set_len(0)?;
+    }
+    Ok(())
+}
+
+impl Drop for MaildropLock {
+    fn drop(&mut self) {
+        if !self.released {
+            if let Err(e) = release(&self.path, &self.token) {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not release maildrop lock");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_then_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = MaildropLock::acquire(dir.path()).unwrap();
+        assert!(matches!(MaildropLock::acquire(dir.path()), Err(LockError::InUse)));
+        a.release().unwrap();
+        let b = MaildropLock::acquire(dir.path()).unwrap();
+        drop(b);
+        MaildropLock::acquire(dir.path()).unwrap().release().unwrap();
+    }
+
+    #[test]
+    fn stale_locks_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let id = identity();
+        // A dead process on this host (pid far beyond pid_max), a reused pid (our parent's pid
+        // with a wrong start time), this process in an earlier life (other nonce), garbage.
+        for stale in [
+            format!("4194399 1 {} 7\n", id.host),
+            format!("{} 1 {} 7\n", std::os::unix::process::parent_id(), id.host),
+            format!("{} {} {} {}\n", id.pid, id.start, id.host, id.nonce.wrapping_add(1)),
+            "garbage".to_string(),
+            String::new(),
+        ] {
+            std::fs::write(&path, &stale).unwrap();
+            let l = MaildropLock::acquire(dir.path()).expect(&stale);
+            l.release().unwrap();
+        }
+        // A live process on this host (our parent, with its real start time) holds it.
+        let ppid = std::os::unix::process::parent_id();
+        let held = format!("{} {} {} 1\n", ppid, process_start(ppid).unwrap(), id.host);
+        std::fs::write(&path, &held).unwrap();
+        assert!(matches!(MaildropLock::acquire(dir.path()), Err(LockError::InUse)));
+        // Another host: held while fresh.
+        std::fs::write(&path, "1 1 other-host 1\n").unwrap();
+        assert!(matches!(MaildropLock::acquire(dir.path()), Err(LockError::InUse)));
+    }
+}

@@ -1,0 +1,319 @@
+//! Transfer plans: the stored bytes of a message turned into POP3 wire bytes.
+//!
+//! Owns: CRLF normalisation (a bare LF becomes CRLF, CRLF stays, a lone CR is data),
+//! dot-stuffing (a line starting with "." gets one more), the CRLF added when the stored
+//! message does not end in a line ending (not counted in the message's size, as in Dovecot),
+//! the `.` CRLF terminator, TOP's cut (headers, the empty line, the first k body lines), and
+//! the wire size of a stored message ([`crlf_size`]).
+//!
+//! A message that is already wire form (CRLF only, no line starting with ".", ends in CRLF)
+//! needs no transformation: [`TransferPlan::as_slice`] returns the one slice of the source to
+//! send as is, so RETR can go from the mapping to the socket with no copy. Otherwise
+//! [`TransferPlan::fill`] streams the transformed bytes into a caller's buffer, chunk by chunk,
+//! with memchr.
+//!
+//! Does not own: files, mappings or sockets; it works on any `&[u8]`.
+
+/// The multi-line terminator.
+pub const TERMINATOR: &[u8] = b".\r\n";
+
+/// Size in octets of `src` with CRLF line endings: its length plus one for each LF not preceded
+/// by CR. This is what STAT and LIST report and what RETR sends before dot-stuffing.
+pub fn crlf_size(src: &[u8]) -> u64 {
+    let mut bare = 0u64;
+    for p in memchr::memchr_iter(b'\n', src) {
+        if p == 0 || src[p - 1] != b'\r' {
+            bare += 1;
+        }
+    }
+    src.len() as u64 + bare
+}
+
+/// Where a TOP command's output ends: after the header block and the empty line that ends it,
+/// plus `lines` body lines. A message without an empty line is all headers.
+pub fn top_end(src: &[u8], lines: u64) -> usize {
+    let mut line_start = 0;
+    let mut body_start = None;
+    for p in memchr::memchr_iter(b'\n', src) {
+        let line = &src[line_start..p];
+        line_start = p + 1;
+        if line.is_empty() || line == b"\r" {
+            body_start = Some(line_start);
+            break;
+        }
+    }
+    let Some(body) = body_start else {
+        return src.len();
+    };
+    if lines == 0 {
+        return body;
+    }
+    let mut seen = 0u64;
+    for p in memchr::memchr_iter(b'\n', &src[body..]) {
+        seen += 1;
+        if seen == lines {
+            return body + p + 1;
+        }
+    }
+    src.len()
+}
+
+/// True when `src` is already POP3 wire form: every LF preceded by CR, no line starting with
+/// ".", and empty or ending in CRLF.
+pub fn is_wire_clean(src: &[u8]) -> bool {
+    if src.is_empty() {
+        return true;
+    }
+    if src[0] == b'.' || src[src.len() - 1] != b'\n' {
+        return false;
+    }
+    for p in memchr::memchr_iter(b'\n', src) {
+        if p == 0 || src[p - 1] != b'\r' || src.get(p + 1) == Some(&b'.') {
+            return false;
+        }
+    }
+    true
+}
+
+/// A streaming transformation of one message (or its TOP part) into wire bytes, terminator
+/// included.
+#[derive(Debug)]
+pub struct TransferPlan<'a> {
+    src: &'a [u8],
+    pos: usize,
+    clean: bool,
+    at_line_start: bool,
+    /// A small insert still to be written, and how much of it is written.
+    pend: &'static [u8],
+    pend_pos: usize,
+    tail_queued: bool,
+}
+
+impl<'a> TransferPlan<'a> {
+    /// The whole message, for RETR.
+    pub fn retr(src: &'a [u8]) -> Self {
+        Self::new(src)
+    }
+
+    /// Headers and the first `lines` body lines, for TOP.
+    pub fn top(src: &'a [u8], lines: u64) -> Self {
+        Self::new(&src[..top_end(src, lines)])
+    }
+
+    fn new(src: &'a [u8]) -> Self {
+        Self {
+            src,
+            pos: 0,
+            clean: is_wire_clean(src),
+            at_line_start: true,
+            pend: b"",
+            pend_pos: 0,
+            tail_queued: false,
+        }
+    }
+
+    /// When the message is already wire form: the slice to send as is, followed by
+    /// [`TERMINATOR`]. `None` means use [`TransferPlan::fill`].
+    pub fn as_slice(&self) -> Option<&'a [u8]> {
+        self.clean.then_some(self.src)
+    }
+
+    /// The stored bytes this plan covers (TOP's cut applied).
+    pub fn source(&self) -> &'a [u8] {
+        self.src
+    }
+
+    /// Writes the next wire bytes (the terminator included, at the end) into `buf` and returns
+    /// how many; 0 means the plan is finished.
+    pub fn fill(&mut self, buf: &mut [u8]) -> usize {
+        let src = self.src;
+        let mut w = 0;
+        loop {
+            if self.pend_pos < self.pend.len() {
+                let n = (self.pend.len() - self.pend_pos).min(buf.len() - w);
+                buf[w..w + n].copy_from_slice(&self.pend[self.pend_pos..self.pend_pos + n]);
+                w += n;
+                self.pend_pos += n;
+                if self.pend_pos < self.pend.len() {
+                    return w;
+                }
+            }
+            if self.pos >= src.len() {
+                if self.tail_queued {
+                    return w;
+                }
+                self.tail_queued = true;
+                let needs_crlf = !src.is_empty() && src[src.len() - 1] != b'\n';
+                self.set_pend(if needs_crlf { b"\r\n.\r\n" } else { TERMINATOR });
+                continue;
+            }
+            if w == buf.len() {
+                return w;
+            }
+            if self.at_line_start {
+                self.at_line_start = false;
+                if src[self.pos] == b'.' {
+                    self.set_pend(b".");
+                    continue;
+                }
+            }
+            let rest = &src[self.pos..];
+            let (content, at_lf) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (i, true),
+                None => (rest.len(), false),
+            };
+            let n = content.min(buf.len() - w);
+            buf[w..w + n].copy_from_slice(&rest[..n]);
+            w += n;
+            self.pos += n;
+            if n < content {
+                return w;
+            }
+            if at_lf {
+                let lf = self.pos;
+                let had_cr = lf > 0 && src[lf - 1] == b'\r';
+                self.pos = lf + 1;
+                self.at_line_start = true;
+                self.set_pend(if had_cr { b"\n" } else { b"\r\n" });
+            }
+        }
+    }
+
+    fn set_pend(&mut self, bytes: &'static [u8]) {
+        self.pend = bytes;
+        self.pend_pos = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whole wire form (terminator included) through `fill` with a given buffer size.
+    fn wire(plan: &mut TransferPlan<'_>, bufsize: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; bufsize];
+        loop {
+            let n = plan.fill(&mut buf);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    /// Reference implementation, written the slow obvious way.
+    fn reference(src: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < src.len() {
+            let end = src[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| start + i + 1);
+            let line = &src[start..end.unwrap_or(src.len())];
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            let body = if end.is_some() {
+                body.strip_suffix(b"\r").unwrap_or(body)
+            } else {
+                body
+            };
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n");
+            start = end.unwrap_or(src.len());
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    fn check(src: &[u8]) {
+        let want = reference(src);
+        for bufsize in [1, 2, 3, 7, 64, 4096, 65536] {
+            assert_eq!(
+                wire(&mut TransferPlan::retr(src), bufsize),
+                want,
+                "src {:?} bufsize {bufsize}",
+                String::from_utf8_lossy(src)
+            );
+        }
+        let plan = TransferPlan::retr(src);
+        if let Some(slice) = plan.as_slice() {
+            assert_eq!([slice, TERMINATOR].concat(), want);
+        }
+    }
+
+    #[test]
+    fn shapes() {
+        let long = [b"X: ".to_vec(), b"y".repeat(5000), b"\n\nbody\n".to_vec()].concat();
+        for src in [
+            &b""[..],
+            b"a\n",
+            b"a\r\n",
+            b"Subject: x\n\nbody\n",
+            b"Subject: x\r\n\r\nbody\r\n",
+            b"Subject: x\r\n\nmixed\r\nlines\n",
+            b"Subject: x\n\n.hidden\n..two\n.\nend\n",
+            b".starts with dot\r\n",
+            b"no final newline",
+            b"S: x\n\nno final newline",
+            b"nul\0bytes\n\0\n",
+            b"lone\rcr\n",
+            b"ends with cr\r",
+            b"\n\n\n",
+            b"Header-only: yes\n",
+            &long,
+        ] {
+            check(src);
+        }
+    }
+
+    #[test]
+    fn clean_message_is_one_slice() {
+        let src = b"Subject: a\r\n\r\nbody\r\n";
+        let plan = TransferPlan::retr(src);
+        assert_eq!(plan.as_slice(), Some(&src[..]));
+        for src in [&b"Subject: a\n\nbody\n"[..], b"a\r\n.b\r\n", b"a\r\nb", b".\r\n"] {
+            assert!(TransferPlan::retr(src).as_slice().is_none());
+        }
+    }
+
+    #[test]
+    fn size_counts_crlf_not_added_terminator() {
+        for (src, size) in [
+            (&b""[..], 0),
+            (b"a\n", 3),
+            (b"a\r\n", 3),
+            (b"a\nb\r\nc", 7),
+            (b"\n", 2),
+        ] {
+            assert_eq!(crlf_size(src), size, "{:?}", String::from_utf8_lossy(src));
+        }
+        // The size equals the un-stuffed wire bytes when the message ends in a newline.
+        let src = b"Subject: x\n\n.dot\nbody\n";
+        let wire = reference(src);
+        let unstuffed_len = wire.len() - TERMINATOR.len() - 1; // one stuffed dot
+        assert_eq!(crlf_size(src), unstuffed_len as u64);
+    }
+
+    #[test]
+    fn top_cuts() {
+        let src = b"A: 1\nB: 2\n\nl1\nl2\nl3\n";
+        assert_eq!(&src[..top_end(src, 0)], b"A: 1\nB: 2\n\n");
+        assert_eq!(&src[..top_end(src, 2)], b"A: 1\nB: 2\n\nl1\nl2\n");
+        assert_eq!(&src[..top_end(src, 99)], &src[..]);
+        let crlf = b"A: 1\r\n\r\nl1\r\nl2\r\n";
+        assert_eq!(&crlf[..top_end(crlf, 1)], b"A: 1\r\n\r\nl1\r\n");
+        let headers_only = b"A: 1\nB: 2\n";
+        assert_eq!(top_end(headers_only, 5), headers_only.len());
+        let no_nl = b"A: 1\n\nlast";
+        assert_eq!(top_end(no_nl, 5), no_nl.len());
+        assert_eq!(
+            wire(&mut TransferPlan::top(b"A: 1\n\n.x\ny\n", 1), 4096),
+            b"A: 1\r\n\r\n..x\r\n.\r\n"
+        );
+    }
+}

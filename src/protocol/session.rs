@@ -1,0 +1,706 @@
+//! The POP3 session state machine (RFC 1939, RFC 2449, RFC 3206), sans I/O.
+//!
+//! Owns: the states AUTHORIZATION → TRANSACTION → UPDATE, which commands are valid where,
+//! message-number resolution (out of range and deleted messages are rejected in one place),
+//! deletion marks, every reply's wire text, and the per-session counters for the logout line.
+//!
+//! Does not own: sockets, files, clocks, password checking or the Maildir. Those are the
+//! runtime's; the session asks for them through [`Step`]s and is told the outcome.
+//!
+//! # Contract (call order)
+//! 1. [`Session::new`], then [`Session::greeting`] writes the greeting into `out`.
+//! 2. Loop on [`Session::poll`], which writes replies into `out` and returns what it needs:
+//!    - [`Step::NeedInput`]: write `out` to the client, read bytes, pass them to
+//!      [`Session::feed`], poll again.
+//!    - [`Step::Flush`]: `out` is large; write it and poll again.
+//!    - [`Step::Login`]: verify the credentials and open the maildrop, then call
+//!      [`Session::login_done`].
+//!    - [`Step::Retrieve`]: map the message; then call [`Session::retrieve_ready`] (which writes
+//!      the status line) and send `out` followed by the message's wire form and terminator, or
+//!      call [`Session::retrieve_failed`].
+//!    - [`Step::Commit`]: UPDATE state. Remove [`Session::deletions`] from the maildrop, then
+//!      call [`Session::commit_done`].
+//!    - [`Step::Close`]: write `out` and close the connection. Nothing is deleted unless
+//!      [`Step::Commit`] came first.
+//! 3. On an idle timeout or shutdown call [`Session::abort`]; it writes a final `-ERR`.
+//!
+//! Time never enters the session: the runtime owns timeouts and delays.
+
+use super::command::{self, Command, MsgNum, ParseError};
+use super::line::{Line, LineDecoder, MAX_LINE};
+
+/// `out` is handed back to the runtime once it holds this many octets.
+pub const FLUSH_AT: usize = 16 * 1024;
+
+/// What the session needs to know about a maildrop: a snapshot taken at login. Message numbers
+/// never shift during a session, so indexes are stable.
+pub trait Maildrop {
+    /// Number of messages in the snapshot (deleted ones included).
+    fn count(&self) -> usize;
+    /// Size in octets with CRLF line endings, before dot-stuffing (what RETR sends).
+    fn octets(&self, index: usize) -> u64;
+    /// The unique id listed by UIDL (1–70 characters in 0x21..=0x7E).
+    fn uidl(&self, index: usize) -> &str;
+}
+
+/// Settings shared by all sessions of a server.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Text of the greeting after `+OK `.
+    pub greeting: String,
+    /// Text after the `IMPLEMENTATION` capability.
+    pub implementation: String,
+    /// After this many invalid commands the session is closed; 0 means never.
+    pub max_bad_commands: u32,
+    /// After this many failed logins the session is closed; 0 means never.
+    pub max_auth_failures: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            greeting: "corepop ready.".into(),
+            implementation: "corepop".into(),
+            max_bad_commands: 20,
+            max_auth_failures: 3,
+        }
+    }
+}
+
+/// Per-connection facts the runtime knows.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The `<...>` timestamp for APOP, included in the greeting when set.
+    pub apop_timestamp: Option<String>,
+    /// Whether USER/PASS may be used on this connection (TLS, loopback or configured).
+    pub plaintext_auth: bool,
+}
+
+/// Credentials the client presented, for the runtime to verify.
+pub enum LoginRequest {
+    /// USER then PASS. `password` is the raw rest of the PASS line.
+    Pass { user: String, password: Vec<u8> },
+    /// APOP: `digest` is the client's hex MD5 of `timestamp` + secret.
+    Apop {
+        user: String,
+        timestamp: String,
+        digest: String,
+    },
+}
+
+impl LoginRequest {
+    /// The username the client gave.
+    pub fn user(&self) -> &str {
+        match self {
+            LoginRequest::Pass { user, .. } | LoginRequest::Apop { user, .. } => user,
+        }
+    }
+}
+
+/// Outcome of a login, from the runtime.
+pub enum LoginResult<M> {
+    /// Credentials valid and maildrop locked and read.
+    Ok(M),
+    /// Wrong user or password (never says which).
+    Failed,
+    /// Another session holds the maildrop.
+    InUse,
+    /// A transient failure (I/O error, overload): try again later.
+    TempFail,
+    /// A permanent failure (e.g. misconfigured mail location).
+    PermFail,
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrieveError {
+    /// Removed by another agent since the snapshot.
+    Gone,
+    /// An I/O error that may pass.
+    Temporary,
+}
+
+/// What the session needs next from the runtime.
+#[derive(Debug)]
+pub enum Step {
+    /// Write `out`, then read more input.
+    NeedInput,
+    /// `out` is large: write it, then poll again.
+    Flush,
+    /// Verify credentials and open the maildrop; answer with [`Session::login_done`].
+    Login(LoginRequestBox),
+    /// Send message `index` (zero-based); `lines: Some(k)` for TOP (headers + k body lines).
+    Retrieve { index: usize, lines: Option<u64> },
+    /// Apply the deletions (UPDATE state); answer with [`Session::commit_done`].
+    Commit,
+    /// Write `out` and close.
+    Close,
+}
+
+/// A [`LoginRequest`] in a box, so that `Step` stays small and secrets are not debug-printed.
+pub struct LoginRequestBox(pub Box<LoginRequest>);
+
+impl std::fmt::Debug for LoginRequestBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoginRequest({:?})", self.0.user())
+    }
+}
+
+/// Counters for the logout log line (Dovecot-like `top=%t/%p, retr=%r/%b, del=%d/%m, size=%s`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub top: u32,
+    pub top_octets: u64,
+    pub retr: u32,
+    pub retr_octets: u64,
+    pub deleted: u32,
+    pub deleted_octets: u64,
+    pub messages: u32,
+    pub size: u64,
+}
+
+enum Awaiting {
+    Nothing,
+    Login,
+    Retrieve { index: usize, top: bool },
+    Commit,
+}
+
+#[derive(Clone, Copy)]
+enum ListKind {
+    List,
+    Uidl,
+}
+
+struct Listing {
+    kind: ListKind,
+    next: usize,
+}
+
+struct Transaction<M> {
+    drop: M,
+    /// Deletion marks, one bit per message; empty until the first DELE.
+    deleted: Vec<u64>,
+    deleted_count: usize,
+    deleted_octets: u64,
+    total_octets: u64,
+    listing: Option<Listing>,
+}
+
+impl<M: Maildrop> Transaction<M> {
+    fn new(drop: M) -> Self {
+        let total_octets = (0..drop.count()).map(|i| drop.octets(i)).sum();
+        Self {
+            drop,
+            deleted: Vec::new(),
+            deleted_count: 0,
+            deleted_octets: 0,
+            total_octets,
+            listing: None,
+        }
+    }
+
+    fn is_deleted(&self, i: usize) -> bool {
+        self.deleted
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn mark_deleted(&mut self, i: usize) {
+        if self.deleted.is_empty() {
+            self.deleted = vec![0; self.drop.count().div_ceil(64)];
+        }
+        self.deleted[i / 64] |= 1 << (i % 64);
+        self.deleted_count += 1;
+        self.deleted_octets += self.drop.octets(i);
+    }
+
+    /// The one place a message number from the wire is resolved.
+    fn resolve(&self, n: MsgNum) -> Result<usize, &'static str> {
+        let i = n.index();
+        if i >= self.drop.count() {
+            Err("No such message.")
+        } else if self.is_deleted(i) {
+            Err("Message is deleted.")
+        } else {
+            Ok(i)
+        }
+    }
+}
+
+enum State<M> {
+    Authorization { user: Option<String> },
+    Transaction(Transaction<M>),
+    Closed,
+}
+
+/// One POP3 session. See the module docs for the call contract.
+pub struct Session<M> {
+    cfg: std::sync::Arc<SessionConfig>,
+    conn: ConnInfo,
+    decoder: LineDecoder,
+    state: State<M>,
+    awaiting: Awaiting,
+    bad_commands: u32,
+    auth_failures: u32,
+    stats: Stats,
+}
+
+fn put_num(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn ok(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(b"+OK ");
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn err(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(b"-ERR ");
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+const WRONG_STATE: &str = "Command not valid in this state.";
+const AUTH_FAILED: &str = "[AUTH] Authentication failed.";
+const PLAINTEXT_REFUSED: &str =
+    "[AUTH] Plaintext authentication disallowed on non-secure connections; use TLS.";
+
+impl<M: Maildrop> Session<M> {
+    /// A new session in the AUTHORIZATION state.
+    pub fn new(cfg: std::sync::Arc<SessionConfig>, conn: ConnInfo) -> Self {
+        Self {
+            cfg,
+            conn,
+            decoder: LineDecoder::new(),
+            state: State::Authorization { user: None },
+            awaiting: Awaiting::Nothing,
+            bad_commands: 0,
+            auth_failures: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Writes the greeting.
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"+OK ");
+        out.extend_from_slice(self.cfg.greeting.as_bytes());
+        if let Some(ts) = &self.conn.apop_timestamp {
+            out.push(b' ');
+            out.extend_from_slice(ts.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Bytes received from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.decoder.push(bytes);
+    }
+
+    /// Releases buffer memory while the session waits for input.
+    pub fn shrink_if_idle(&mut self) {
+        self.decoder.shrink_if_idle();
+    }
+
+    /// True once logged in (TRANSACTION state).
+    pub fn logged_in(&self) -> bool {
+        matches!(self.state, State::Transaction(_))
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The maildrop snapshot, once logged in.
+    pub fn maildrop(&self) -> Option<&M> {
+        match &self.state {
+            State::Transaction(t) => Some(&t.drop),
+            _ => None,
+        }
+    }
+
+    /// Counters for the logout line.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Zero-based indexes of the messages marked for deletion.
+    pub fn deletions(&self) -> impl Iterator<Item = usize> + '_ {
+        let t = match &self.state {
+            State::Transaction(t) => Some(t),
+            _ => None,
+        };
+        t.into_iter()
+            .flat_map(|t| (0..t.drop.count()).filter(|&i| t.is_deleted(i)))
+    }
+
+    /// Processes buffered input, writing replies to `out`, until the runtime must act.
+    pub fn poll(&mut self, out: &mut Vec<u8>) -> Step {
+        debug_assert!(
+            matches!(self.awaiting, Awaiting::Nothing),
+            "poll() while a result is awaited"
+        );
+        loop {
+            if let State::Closed = self.state {
+                return Step::Close;
+            }
+            if !matches!(self.awaiting, Awaiting::Nothing) {
+                // Contract violation by the caller; do not process further input.
+                return Step::NeedInput;
+            }
+            if out.len() >= FLUSH_AT {
+                return Step::Flush;
+            }
+            if let State::Transaction(t) = &mut self.state {
+                if t.listing.is_some() {
+                    continue_listing(t, out);
+                    continue;
+                }
+            }
+            let mut line = [0u8; MAX_LINE];
+            let len = match self.decoder.next_line() {
+                None => return Step::NeedInput,
+                Some(Line::TooLong) => {
+                    self.bad(out, "Line too long.");
+                    continue;
+                }
+                Some(Line::Complete(l)) => {
+                    line[..l.len()].copy_from_slice(l);
+                    l.len()
+                }
+            };
+            let step = match command::parse(&line[..len]) {
+                Ok(cmd) => self.handle(cmd, out),
+                Err(e) => {
+                    self.bad_parse(out, e);
+                    None
+                }
+            };
+            // The line may have held a password.
+            line.fill(0);
+            if let Some(step) = step {
+                return step;
+            }
+        }
+    }
+
+    fn bad_parse(&mut self, out: &mut Vec<u8>, e: ParseError) {
+        self.bad(out, e.reply());
+    }
+
+    /// An invalid command: `-ERR`, and close after too many.
+    fn bad(&mut self, out: &mut Vec<u8>, text: &str) {
+        self.bad_commands += 1;
+        if self.cfg.max_bad_commands > 0 && self.bad_commands >= self.cfg.max_bad_commands {
+            err(out, "Too many invalid commands, closing connection.");
+            self.state = State::Closed;
+        } else {
+            err(out, text);
+        }
+    }
+
+    fn handle(&mut self, cmd: Command<'_>, out: &mut Vec<u8>) -> Option<Step> {
+        match cmd {
+            Command::Capa => {
+                self.capa(out);
+                return None;
+            }
+            Command::Quit => return self.quit(out),
+            _ => {}
+        }
+        match &mut self.state {
+            State::Authorization { user } => match cmd {
+                Command::User(name) => {
+                    if !self.conn.plaintext_auth {
+                        err(out, PLAINTEXT_REFUSED);
+                    } else {
+                        *user = Some(name.to_owned());
+                        ok(out, "Send your password.");
+                    }
+                }
+                Command::Pass(password) => {
+                    if !self.conn.plaintext_auth {
+                        err(out, PLAINTEXT_REFUSED);
+                    } else if let Some(user) = user.take() {
+                        self.awaiting = Awaiting::Login;
+                        return Some(Step::Login(LoginRequestBox(Box::new(LoginRequest::Pass {
+                            user,
+                            password: password.to_vec(),
+                        }))));
+                    } else {
+                        self.bad(out, "No username given; send USER first.");
+                    }
+                }
+                Command::Apop { user: name, digest } => {
+                    *user = None;
+                    match &self.conn.apop_timestamp {
+                        None => self.bad(out, "APOP is not available."),
+                        Some(ts) => {
+                            if digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                                self.bad(out, "Invalid APOP digest.");
+                            } else {
+                                self.awaiting = Awaiting::Login;
+                                return Some(Step::Login(LoginRequestBox(Box::new(
+                                    LoginRequest::Apop {
+                                        user: name.to_owned(),
+                                        timestamp: ts.clone(),
+                                        digest: digest.to_owned(),
+                                    },
+                                ))));
+                            }
+                        }
+                    }
+                }
+                _ => self.bad(out, WRONG_STATE),
+            },
+            State::Transaction(t) => match cmd {
+                Command::Stat => {
+                    out.extend_from_slice(b"+OK ");
+                    put_num(out, (t.drop.count() - t.deleted_count) as u64);
+                    out.push(b' ');
+                    put_num(out, t.total_octets - t.deleted_octets);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Command::List(None) | Command::Uidl(None) => {
+                    let kind = if matches!(cmd, Command::List(_)) {
+                        ListKind::List
+                    } else {
+                        ListKind::Uidl
+                    };
+                    out.extend_from_slice(b"+OK ");
+                    put_num(out, (t.drop.count() - t.deleted_count) as u64);
+                    out.extend_from_slice(b" messages (");
+                    put_num(out, t.total_octets - t.deleted_octets);
+                    out.extend_from_slice(b" octets)\r\n");
+                    t.listing = Some(Listing { kind, next: 0 });
+                }
+                Command::List(Some(n)) | Command::Uidl(Some(n)) => match t.resolve(n) {
+                    Ok(i) => {
+                        out.extend_from_slice(b"+OK ");
+                        let kind = if matches!(cmd, Command::List(_)) {
+                            ListKind::List
+                        } else {
+                            ListKind::Uidl
+                        };
+                        scan_line(t, kind, i, out);
+                    }
+                    Err(e) => err(out, e),
+                },
+                Command::Retr(n) | Command::Top(n, _) => match t.resolve(n) {
+                    Ok(index) => {
+                        let lines = match cmd {
+                            Command::Top(_, k) => Some(k),
+                            _ => None,
+                        };
+                        self.awaiting = Awaiting::Retrieve {
+                            index,
+                            top: lines.is_some(),
+                        };
+                        return Some(Step::Retrieve { index, lines });
+                    }
+                    Err(e) => err(out, e),
+                },
+                Command::Dele(n) => match t.resolve(n) {
+                    Ok(i) => {
+                        t.mark_deleted(i);
+                        ok(out, "Marked to be deleted.");
+                    }
+                    Err(e) => err(out, e),
+                },
+                Command::Noop => ok(out, "Nothing happened."),
+                Command::Rset => {
+                    t.deleted = Vec::new();
+                    t.deleted_count = 0;
+                    t.deleted_octets = 0;
+                    out.extend_from_slice(b"+OK Maildrop has ");
+                    put_num(out, t.drop.count() as u64);
+                    out.extend_from_slice(b" messages (");
+                    put_num(out, t.total_octets);
+                    out.extend_from_slice(b" octets).\r\n");
+                }
+                _ => self.bad(out, WRONG_STATE),
+            },
+            State::Closed => {}
+        }
+        None
+    }
+
+    fn capa(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"+OK Capability list follows\r\nTOP\r\n");
+        if self.conn.plaintext_auth {
+            out.extend_from_slice(b"USER\r\n");
+        }
+        out.extend_from_slice(
+            b"RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION ",
+        );
+        out.extend_from_slice(self.cfg.implementation.as_bytes());
+        out.extend_from_slice(b"\r\n.\r\n");
+    }
+
+    fn quit(&mut self, out: &mut Vec<u8>) -> Option<Step> {
+        match &self.state {
+            State::Transaction(t) if t.deleted_count > 0 => {
+                self.awaiting = Awaiting::Commit;
+                Some(Step::Commit)
+            }
+            _ => {
+                ok(out, "Logging out.");
+                self.finish();
+                Some(Step::Close)
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let State::Transaction(t) = &self.state {
+            self.stats.messages = t.drop.count() as u32;
+            self.stats.size = t.total_octets;
+        }
+        self.state = State::Closed;
+    }
+
+    /// The outcome of a [`Step::Login`].
+    pub fn login_done(&mut self, out: &mut Vec<u8>, result: LoginResult<M>) {
+        debug_assert!(matches!(self.awaiting, Awaiting::Login));
+        self.awaiting = Awaiting::Nothing;
+        match result {
+            LoginResult::Ok(drop) => {
+                ok(out, "Logged in.");
+                self.state = State::Transaction(Transaction::new(drop));
+            }
+            LoginResult::Failed => {
+                self.auth_failures += 1;
+                err(out, AUTH_FAILED);
+                if self.cfg.max_auth_failures > 0 && self.auth_failures >= self.cfg.max_auth_failures
+                {
+                    self.state = State::Closed;
+                } else {
+                    self.state = State::Authorization { user: None };
+                }
+            }
+            LoginResult::InUse => {
+                err(out, "[IN-USE] Mailbox is locked by another POP3 session.");
+                self.state = State::Authorization { user: None };
+            }
+            LoginResult::TempFail => {
+                err(out, "[SYS/TEMP] Temporary server failure, try again later.");
+                self.state = State::Authorization { user: None };
+            }
+            LoginResult::PermFail => {
+                err(out, "[SYS/PERM] Mailbox is unavailable.");
+                self.state = State::Authorization { user: None };
+            }
+        }
+    }
+
+    /// The message of the last [`Step::Retrieve`] is mapped: writes the `+OK` status line.
+    /// The runtime then sends the message's wire form, including its terminator.
+    pub fn retrieve_ready(&mut self, out: &mut Vec<u8>) {
+        let Awaiting::Retrieve { index, top } = self.awaiting else {
+            debug_assert!(false, "retrieve_ready() without Step::Retrieve");
+            return;
+        };
+        self.awaiting = Awaiting::Nothing;
+        let State::Transaction(t) = &self.state else {
+            return;
+        };
+        let octets = t.drop.octets(index);
+        if top {
+            self.stats.top += 1;
+            out.extend_from_slice(b"+OK Message follows.\r\n");
+        } else {
+            self.stats.retr += 1;
+            self.stats.retr_octets += octets;
+            out.extend_from_slice(b"+OK ");
+            put_num(out, octets);
+            out.extend_from_slice(b" octets\r\n");
+        }
+    }
+
+    /// Adds octets sent for TOP (known only to the runtime) to the counters.
+    pub fn count_top_octets(&mut self, octets: u64) {
+        self.stats.top_octets += octets;
+    }
+
+    /// The message of the last [`Step::Retrieve`] could not be read.
+    pub fn retrieve_failed(&mut self, out: &mut Vec<u8>, e: RetrieveError) {
+        self.awaiting = Awaiting::Nothing;
+        match e {
+            RetrieveError::Gone => err(out, "Message was removed by another client."),
+            RetrieveError::Temporary => {
+                err(out, "[SYS/TEMP] Unable to read the message, try again later.")
+            }
+        }
+    }
+
+    /// The outcome of a [`Step::Commit`]: `failed` messages could not be removed.
+    pub fn commit_done(&mut self, out: &mut Vec<u8>, failed: usize) {
+        debug_assert!(matches!(self.awaiting, Awaiting::Commit));
+        self.awaiting = Awaiting::Nothing;
+        if let State::Transaction(t) = &self.state {
+            let n = t.deleted_count;
+            self.stats.deleted = (n - failed.min(n)) as u32;
+            self.stats.deleted_octets = t.deleted_octets;
+            if failed == 0 {
+                out.extend_from_slice(b"+OK Logging out, ");
+                put_num(out, n as u64);
+                out.extend_from_slice(b" messages deleted.\r\n");
+            } else {
+                out.extend_from_slice(b"-ERR [SYS/TEMP] Could not delete ");
+                put_num(out, failed as u64);
+                out.extend_from_slice(b" of ");
+                put_num(out, n as u64);
+                out.extend_from_slice(b" messages; they are still in the maildrop.\r\n");
+            }
+        }
+        self.finish();
+    }
+
+    /// Ends the session without UPDATE (idle timeout, shutdown): writes a final `-ERR`.
+    /// Deletion marks are forgotten.
+    pub fn abort(&mut self, out: &mut Vec<u8>, reason: AbortReason) {
+        match reason {
+            AbortReason::IdleTimeout => err(out, "Disconnected for inactivity."),
+            AbortReason::Shutdown => err(out, "[SYS/TEMP] Server shutting down."),
+        }
+        self.finish();
+    }
+}
+
+/// Why the runtime ends a session on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    IdleTimeout,
+    Shutdown,
+}
+
+fn scan_line<M: Maildrop>(t: &Transaction<M>, kind: ListKind, i: usize, out: &mut Vec<u8>) {
+    put_num(out, (i + 1) as u64);
+    out.push(b' ');
+    match kind {
+        ListKind::List => put_num(out, t.drop.octets(i)),
+        ListKind::Uidl => out.extend_from_slice(t.drop.uidl(i).as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes more lines of a multi-line LIST/UIDL, stopping when `out` is full.
+fn continue_listing<M: Maildrop>(t: &mut Transaction<M>, out: &mut Vec<u8>) {
+    let Some(listing) = &mut t.listing else { return };
+    let (kind, mut i) = (listing.kind, listing.next);
+    let count = t.drop.count();
+    while i < count && out.len() < FLUSH_AT {
+        if !t.is_deleted(i) {
+            scan_line(t, kind, i, out);
+        }
+        i += 1;
+    }
+    if i >= count {
+        out.extend_from_slice(b".\r\n");
+        t.listing = None;
+    } else if let Some(l) = &mut t.listing {
+        l.next = i;
+    }
+}

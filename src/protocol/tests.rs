@@ -1,0 +1,371 @@
+//! Session transcripts without sockets: every reply path, fed whole and in chunks.
+
+use super::*;
+use std::sync::Arc;
+
+/// A fake maildrop: (octets, uidl) per message.
+struct Fake(Vec<(u64, String)>);
+
+impl Maildrop for Fake {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn octets(&self, i: usize) -> u64 {
+        self.0[i].0
+    }
+    fn uidl(&self, i: usize) -> &str {
+        &self.0[i].1
+    }
+}
+
+fn fake() -> Fake {
+    Fake(vec![(120, "a1".into()), (200, "b2".into()), (5, "c3".into())])
+}
+
+/// A scripted runtime: logins succeed for alice/secret (PASS) and for APOP digest "0"*32;
+/// RETR sends "<body of n>"; commits fail for `fail_commit` messages.
+struct Harness {
+    s: Session<Fake>,
+    out: Vec<u8>,
+    wire: Vec<u8>,
+    in_use: bool,
+    fail_commit: usize,
+    committed: Vec<usize>,
+    closed: bool,
+    gone: Option<usize>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(SessionConfig::default(), true)
+    }
+    fn with(cfg: SessionConfig, plaintext: bool) -> Self {
+        let conn = ConnInfo {
+            apop_timestamp: Some("<1.2@test>".into()),
+            plaintext_auth: plaintext,
+        };
+        let s = Session::new(Arc::new(cfg), conn);
+        let mut wire = Vec::new();
+        s.greeting(&mut wire);
+        Self {
+            s,
+            out: Vec::new(),
+            wire,
+            in_use: false,
+            fail_commit: 0,
+            committed: Vec::new(),
+            closed: false,
+            gone: None,
+        }
+    }
+
+    /// Runs the session until it needs input; returns everything written.
+    fn drive(&mut self) {
+        loop {
+            match self.s.poll(&mut self.out) {
+                Step::NeedInput => break,
+                Step::Flush => {}
+                Step::Login(req) => {
+                    let ok = match &*req.0 {
+                        LoginRequest::Pass { user, password } => {
+                            user == "alice" && password == b"secret word"
+                        }
+                        LoginRequest::Apop { user, digest, timestamp } => {
+                            assert_eq!(timestamp, "<1.2@test>");
+                            user == "alice" && digest == &"0".repeat(32)
+                        }
+                    };
+                    let r = if !ok {
+                        LoginResult::Failed
+                    } else if self.in_use {
+                        LoginResult::InUse
+                    } else {
+                        LoginResult::Ok(fake())
+                    };
+                    self.s.login_done(&mut self.out, r);
+                }
+                Step::Retrieve { index, lines } => {
+                    if self.gone == Some(index) {
+                        self.s.retrieve_failed(&mut self.out, RetrieveError::Gone);
+                        continue;
+                    }
+                    self.s.retrieve_ready(&mut self.out);
+                    let body = match lines {
+                        None => format!("body {index}\r\n.\r\n"),
+                        Some(k) => format!("top {index} {k}\r\n.\r\n"),
+                    };
+                    self.out.extend_from_slice(body.as_bytes());
+                }
+                Step::Commit => {
+                    self.committed = self.s.deletions().collect();
+                    self.s.commit_done(&mut self.out, self.fail_commit);
+                }
+                Step::Close => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        self.wire.append(&mut self.out);
+    }
+
+    fn send(&mut self, input: &str) -> String {
+        let before = self.wire.len();
+        self.s.feed(input.as_bytes());
+        self.drive();
+        String::from_utf8_lossy(&self.wire[before..]).into_owned()
+    }
+
+    fn login(&mut self) {
+        self.send("USER alice\r\n");
+        assert_eq!(self.send("PASS secret word\r\n"), "+OK Logged in.\r\n");
+    }
+}
+
+#[test]
+fn greeting_carries_apop_timestamp() {
+    let h = Harness::new();
+    assert_eq!(String::from_utf8_lossy(&h.wire), "+OK corepop ready. <1.2@test>\r\n");
+}
+
+#[test]
+fn full_transaction() {
+    let mut h = Harness::new();
+    h.login();
+    assert_eq!(h.send("STAT\r\n"), "+OK 3 325\r\n");
+    assert_eq!(
+        h.send("LIST\r\n"),
+        "+OK 3 messages (325 octets)\r\n1 120\r\n2 200\r\n3 5\r\n.\r\n"
+    );
+    assert_eq!(h.send("LIST 2\r\n"), "+OK 2 200\r\n");
+    assert_eq!(h.send("UIDL\r\n"), "+OK 3 messages (325 octets)\r\n1 a1\r\n2 b2\r\n3 c3\r\n.\r\n");
+    assert_eq!(h.send("UIDL 3\r\n"), "+OK 3 c3\r\n");
+    assert_eq!(h.send("RETR 1\r\n"), "+OK 120 octets\r\nbody 0\r\n.\r\n");
+    assert_eq!(h.send("TOP 2 5\r\n"), "+OK Message follows.\r\ntop 1 5\r\n.\r\n");
+    assert_eq!(h.send("DELE 1\r\n"), "+OK Marked to be deleted.\r\n");
+    // Deleted messages cannot be referenced; numbers do not shift.
+    for cmd in ["RETR 1", "TOP 1 0", "LIST 1", "UIDL 1", "DELE 1"] {
+        assert_eq!(h.send(&format!("{cmd}\r\n")), "-ERR Message is deleted.\r\n", "{cmd}");
+    }
+    assert_eq!(h.send("LIST 2\r\n"), "+OK 2 200\r\n");
+    assert_eq!(h.send("STAT\r\n"), "+OK 2 205\r\n");
+    assert_eq!(h.send("LIST\r\n"), "+OK 2 messages (205 octets)\r\n2 200\r\n3 5\r\n.\r\n");
+    assert_eq!(h.send("RSET\r\n"), "+OK Maildrop has 3 messages (325 octets).\r\n");
+    assert_eq!(h.send("STAT\r\n"), "+OK 3 325\r\n");
+    h.send("DELE 3\r\nDELE 2\r\n");
+    assert_eq!(h.send("NOOP\r\n"), "+OK Nothing happened.\r\n");
+    assert_eq!(h.send("QUIT\r\n"), "+OK Logging out, 2 messages deleted.\r\n");
+    assert!(h.closed);
+    assert_eq!(h.committed, vec![1, 2]);
+    let st = h.s.stats();
+    assert_eq!((st.retr, st.retr_octets, st.top, st.deleted, st.messages, st.size), (1, 120, 1, 2, 3, 325));
+}
+
+#[test]
+fn no_update_without_quit_and_none_after_rset() {
+    let mut h = Harness::new();
+    h.login();
+    h.send("DELE 1\r\nRSET\r\n");
+    assert_eq!(h.send("QUIT\r\n"), "+OK Logging out.\r\n");
+    assert!(h.committed.is_empty());
+}
+
+#[test]
+fn failed_commit_is_reported() {
+    let mut h = Harness::new();
+    h.login();
+    h.fail_commit = 1;
+    h.send("DELE 1\r\nDELE 2\r\n");
+    assert_eq!(
+        h.send("QUIT\r\n"),
+        "-ERR [SYS/TEMP] Could not delete 1 of 2 messages; they are still in the maildrop.\r\n"
+    );
+}
+
+#[test]
+fn message_number_errors() {
+    let mut h = Harness::new();
+    h.login();
+    for (cmd, reply) in [
+        ("RETR 0", "-ERR Invalid message number.\r\n"),
+        ("RETR -1", "-ERR Invalid message number.\r\n"),
+        ("RETR x", "-ERR Invalid message number.\r\n"),
+        ("RETR 4", "-ERR No such message.\r\n"),
+        ("RETR 99999999999999999999", "-ERR Invalid message number.\r\n"),
+        ("RETR", "-ERR Invalid arguments.\r\n"),
+        ("RETR 1 2", "-ERR Invalid arguments.\r\n"),
+        ("TOP 1", "-ERR Invalid arguments.\r\n"),
+        ("TOP 1 x", "-ERR Invalid arguments.\r\n"),
+        ("LIST 4", "-ERR No such message.\r\n"),
+        ("UIDL 0", "-ERR Invalid message number.\r\n"),
+        ("DELE 4", "-ERR No such message.\r\n"),
+    ] {
+        assert_eq!(h.send(&format!("{cmd}\r\n")), reply, "{cmd}");
+    }
+    assert_eq!(h.send("STAT\r\n"), "+OK 3 325\r\n");
+}
+
+#[test]
+fn wrong_state_commands() {
+    let mut h = Harness::new();
+    for cmd in ["STAT", "LIST", "RETR 1", "DELE 1", "NOOP", "RSET", "TOP 1 1", "UIDL"] {
+        assert_eq!(h.send(&format!("{cmd}\r\n")), "-ERR Command not valid in this state.\r\n", "{cmd}");
+    }
+    assert_eq!(h.send("PASS x\r\n"), "-ERR No username given; send USER first.\r\n");
+    h.login();
+    for cmd in ["USER alice", "PASS secret word", "APOP alice 00000000000000000000000000000000"] {
+        assert_eq!(h.send(&format!("{cmd}\r\n")), "-ERR Command not valid in this state.\r\n", "{cmd}");
+    }
+    assert!(h.s.logged_in());
+}
+
+#[test]
+fn bad_logins_look_alike_and_are_limited() {
+    let mut h = Harness::new();
+    h.send("USER alice\r\n");
+    let wrong_pw = h.send("PASS nope\r\n");
+    h.send("USER mallory\r\n");
+    let unknown = h.send("PASS secret word\r\n");
+    assert_eq!(wrong_pw, unknown);
+    assert_eq!(wrong_pw, "-ERR [AUTH] Authentication failed.\r\n");
+    // The failed PASS forgot the user: PASS alone is refused.
+    assert!(h.send("PASS secret word\r\n").starts_with("-ERR"));
+    assert!(!h.closed);
+    h.send("USER alice\r\n");
+    assert_eq!(h.send("PASS again wrong\r\n"), "-ERR [AUTH] Authentication failed.\r\n");
+    assert!(h.closed, "third failure closes the connection");
+}
+
+#[test]
+fn in_use_and_apop() {
+    let mut h = Harness::new();
+    h.in_use = true;
+    h.send("USER alice\r\n");
+    assert_eq!(h.send("PASS secret word\r\n"), "-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n");
+    h.in_use = false;
+    assert_eq!(h.send("APOP alice 0000\r\n"), "-ERR Invalid APOP digest.\r\n");
+    assert_eq!(h.send(&format!("APOP alice {}\r\n", "0".repeat(32))), "+OK Logged in.\r\n");
+}
+
+#[test]
+fn plaintext_refused_on_insecure_connections() {
+    let mut h = Harness::with(SessionConfig::default(), false);
+    let capa = h.send("CAPA\r\n");
+    assert!(!capa.contains("\r\nUSER\r\n"), "{capa}");
+    assert!(h.send("USER alice\r\n").starts_with("-ERR [AUTH] Plaintext"));
+    assert!(h.send("PASS secret word\r\n").starts_with("-ERR [AUTH] Plaintext"));
+    // APOP never sends the password.
+    assert_eq!(h.send(&format!("APOP alice {}\r\n", "0".repeat(32))), "+OK Logged in.\r\n");
+}
+
+#[test]
+fn capa_same_before_and_after_login() {
+    let mut h = Harness::new();
+    let before = h.send("capa\r\n");
+    assert_eq!(
+        before,
+        "+OK Capability list follows\r\nTOP\r\nUSER\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION corepop\r\n.\r\n"
+    );
+    h.login();
+    assert_eq!(h.send("CAPA\r\n"), before);
+}
+
+#[test]
+fn junk_gets_err_and_session_continues() {
+    let mut h = Harness::new();
+    assert_eq!(h.send("\r\n"), "-ERR Unknown command.\r\n");
+    assert_eq!(h.send("HELO x\r\n"), "-ERR Unknown command.\r\n");
+    let mut long = "NOOP ".to_string() + &"x".repeat(600);
+    long.push_str("\r\n");
+    assert_eq!(h.send(&long), "-ERR Line too long.\r\n");
+    let mut h2 = Harness::new();
+    h2.s.feed(b"USER \xff\xfe\r\nNO\0OP\r\n");
+    h2.drive();
+    let w = String::from_utf8_lossy(&h2.wire).into_owned();
+    assert!(w.ends_with("-ERR Invalid characters in command.\r\n-ERR Unknown command.\r\n"), "{w}");
+    assert!(!h.closed);
+}
+
+#[test]
+fn too_many_bad_commands_close() {
+    let cfg = SessionConfig {
+        max_bad_commands: 3,
+        ..SessionConfig::default()
+    };
+    let mut h = Harness::with(cfg, true);
+    h.send("X\r\nY\r\n");
+    assert!(!h.closed);
+    assert_eq!(h.send("Z\r\nNOOP\r\n"), "-ERR Too many invalid commands, closing connection.\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn retrieve_of_vanished_message() {
+    let mut h = Harness::new();
+    h.login();
+    h.gone = Some(1);
+    assert_eq!(h.send("RETR 2\r\n"), "-ERR Message was removed by another client.\r\n");
+    assert_eq!(h.send("RETR 1\r\n"), "+OK 120 octets\r\nbody 0\r\n.\r\n");
+}
+
+#[test]
+fn quit_in_authorization_and_abort() {
+    let mut h = Harness::new();
+    assert_eq!(h.send("QUIT\r\n"), "+OK Logging out.\r\n");
+    assert!(h.closed);
+    let mut h = Harness::new();
+    h.login();
+    h.send("DELE 1\r\n");
+    let mut out = Vec::new();
+    h.s.abort(&mut out, AbortReason::IdleTimeout);
+    assert_eq!(out, b"-ERR Disconnected for inactivity.\r\n");
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn pipelined_transcript_in_any_chunking_gives_same_bytes() {
+    let script = "CAPA\r\nUSER alice\nPASS secret word\r\nSTAT\r\nLIST\r\nUIDL 2\r\nRETR 3\r\nTOP 1 0\r\nDELE 2\r\nLIST 2\r\nRSET\r\nNOOP\r\nDELE 3\r\nQUIT\r\n";
+    let mut whole = Harness::new();
+    whole.send(script);
+    assert!(whole.closed);
+    assert_eq!(whole.committed, vec![2]);
+    let mut size = 1;
+    while size <= 512 {
+        let mut h = Harness::new();
+        for chunk in script.as_bytes().chunks(size) {
+            h.s.feed(chunk);
+            h.drive();
+        }
+        assert_eq!(h.wire, whole.wire, "chunk size {size}");
+        size *= 2;
+    }
+}
+
+#[test]
+fn large_listing_is_flushed_in_bounded_chunks() {
+    let drop = Fake((0..20_000).map(|i| (1000 + i, format!("uid{i}"))).collect());
+    let mut s = Session::new(Arc::new(SessionConfig::default()), ConnInfo {
+        apop_timestamp: None,
+        plaintext_auth: true,
+    });
+    let mut out = Vec::new();
+    s.feed(b"USER a\r\nPASS b\r\nUIDL\r\nSTAT\r\n");
+    let mut wire = Vec::new();
+    let mut max = 0;
+    loop {
+        match s.poll(&mut out) {
+            Step::Login(_) => s.login_done(&mut out, LoginResult::Ok(Fake(drop.0.clone()))),
+            Step::Flush => {
+                max = max.max(out.len());
+                wire.append(&mut out);
+            }
+            Step::NeedInput => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    wire.append(&mut out);
+    assert!(max < FLUSH_AT + 200, "out grew to {max}");
+    let text = String::from_utf8(wire).unwrap();
+    assert_eq!(text.matches("\r\n").count(), 2 + 1 + 20_000 + 1 + 1);
+    assert!(text.contains("\r\n20000 uid19999\r\n.\r\n+OK 20000 "));
+}
