@@ -41,10 +41,7 @@ pub fn expand(template: &str, user: &str, home: Option<&Path>) -> Result<PathBuf
         Some((l, d)) => (l, d),
         None => (user, ""),
     };
-    let home_str = || {
-        home.and_then(Path::to_str)
-            .ok_or(LocationError::NoHome)
-    };
+    let home_str = || home.and_then(Path::to_str).ok_or(LocationError::NoHome);
     let mut out = String::new();
     let mut rest = path;
     if let Some(r) = rest.strip_prefix('~') {
@@ -85,7 +82,11 @@ mod tests {
     fn expansions() {
         let home = Some(Path::new("/home/al"));
         let cases = [
-            ("maildir:/srv/mail/%d/%n/Maildir", "al@ex.org", "/srv/mail/ex.org/al/Maildir"),
+            (
+                "maildir:/srv/mail/%d/%n/Maildir",
+                "al@ex.org",
+                "/srv/mail/ex.org/al/Maildir",
+            ),
             ("maildir:/srv/mail/%u", "al", "/srv/mail/al"),
             ("maildir:~/Maildir", "al", "/home/al/Maildir"),
             ("maildir:%h/Maildir:LAYOUT=fs", "al", "/home/al/Maildir"),
@@ -94,11 +95,26 @@ mod tests {
         for (t, u, want) in cases {
             assert_eq!(expand(t, u, home).unwrap(), PathBuf::from(want), "{t}");
         }
-        assert_eq!(expand("maildir:~/M", "al", None), Err(LocationError::NoHome));
-        assert_eq!(expand("maildir:/m/%x", "al", home), Err(LocationError::UnknownVariable('x')));
-        assert!(matches!(expand("maildir:rel/%u", "al", home), Err(LocationError::Format(_))));
-        assert!(matches!(expand("mbox:", "al", home), Err(LocationError::Format(_))));
-        assert_eq!(expand("maildir:/m/%u", "..", home), Err(LocationError::Unsafe));
+        assert_eq!(
+            expand("maildir:~/M", "al", None),
+            Err(LocationError::NoHome)
+        );
+        assert_eq!(
+            expand("maildir:/m/%x", "al", home),
+            Err(LocationError::UnknownVariable('x'))
+        );
+        assert!(matches!(
+            expand("maildir:rel/%u", "al", home),
+            Err(LocationError::Format(_))
+        ));
+        assert!(matches!(
+            expand("mbox:", "al", home),
+            Err(LocationError::Format(_))
+        ));
+        assert_eq!(
+            expand("maildir:/m/%u", "..", home),
+            Err(LocationError::Unsafe)
+        );
         assert!(validate("maildir:/srv/%d/%n").is_ok());
     }
 }

@@ -86,7 +86,8 @@ fn token() -> String {
 /// Is the lock described by `content` (modified at `mtime`) still held by a live owner?
 fn is_held(content: &str, mtime: Option<SystemTime>) -> bool {
     let mut f = content.split_whitespace();
-    let (Some(pid), Some(start), Some(host), Some(nonce)) = (f.next(), f.next(), f.next(), f.next())
+    let (Some(pid), Some(start), Some(host), Some(nonce)) =
+        (f.next(), f.next(), f.next(), f.next())
     else {
         return false; // empty or garbage: not held
     };
@@ -182,11 +183,17 @@ mod tests {
     fn exclusive_then_released() {
         let dir = tempfile::tempdir().unwrap();
         let a = MaildropLock::acquire(dir.path()).unwrap();
-        assert!(matches!(MaildropLock::acquire(dir.path()), Err(LockError::InUse)));
+        assert!(matches!(
+            MaildropLock::acquire(dir.path()),
+            Err(LockError::InUse)
+        ));
         a.release().unwrap();
         let b = MaildropLock::acquire(dir.path()).unwrap();
         drop(b);
-        MaildropLock::acquire(dir.path()).unwrap().release().unwrap();
+        MaildropLock::acquire(dir.path())
+            .unwrap()
+            .release()
+            .unwrap();
     }
 
     #[test]
@@ -199,7 +206,13 @@ mod tests {
         for stale in [
             format!("4194399 1 {} 7\n", id.host),
             format!("{} 1 {} 7\n", std::os::unix::process::parent_id(), id.host),
-            format!("{} {} {} {}\n", id.pid, id.start, id.host, id.nonce.wrapping_add(1)),
+            format!(
+                "{} {} {} {}\n",
+                id.pid,
+                id.start,
+                id.host,
+                id.nonce.wrapping_add(1)
+            ),
             "garbage".to_string(),
             String::new(),
         ] {
@@ -211,9 +224,15 @@ mod tests {
         let ppid = std::os::unix::process::parent_id();
         let held = format!("{} {} {} 1\n", ppid, process_start(ppid).unwrap(), id.host);
         std::fs::write(&path, &held).unwrap();
-        assert!(matches!(MaildropLock::acquire(dir.path()), Err(LockError::InUse)));
+        assert!(matches!(
+            MaildropLock::acquire(dir.path()),
+            Err(LockError::InUse)
+        ));
         // Another host: held while fresh.
         std::fs::write(&path, "1 1 other-host 1\n").unwrap();
-        assert!(matches!(MaildropLock::acquire(dir.path()), Err(LockError::InUse)));
+        assert!(matches!(
+            MaildropLock::acquire(dir.path()),
+            Err(LockError::InUse)
+        ));
     }
 }

@@ -243,7 +243,11 @@ mod tests {
         let names: Vec<_> = s.messages().iter().map(|m| &*m.file_name).collect();
         assert_eq!(
             names,
-            ["1700000001.M5P1.h,S=2,W=999:2,S", "1700000001.M40P1.h:2,", "1700000002.M1P1.h"]
+            [
+                "1700000001.M5P1.h,S=2,W=999:2,S",
+                "1700000001.M40P1.h:2,",
+                "1700000002.M1P1.h"
+            ]
         );
         let sizes: Vec<_> = s.messages().iter().map(|m| m.octets).collect();
         assert_eq!(sizes, [999, 3, 6]);

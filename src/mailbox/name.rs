@@ -53,7 +53,10 @@ impl<'a> MaildirName<'a> {
     /// base name itself.
     pub fn order_key(&self) -> (u64, u64, &'a str) {
         let mut parts = self.base.splitn(3, '.');
-        let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        let secs = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
         let usecs = parts
             .next()
             .and_then(|p| p.strip_prefix('M'))
@@ -98,13 +101,19 @@ mod tests {
     #[test]
     fn postfix_name_and_oddities() {
         let n = MaildirName::parse("1700000000.V801I1M2.mx").unwrap();
-        assert_eq!((n.base, n.flags, n.size, n.crlf_size), ("1700000000.V801I1M2.mx", None, None, None));
+        assert_eq!(
+            (n.base, n.flags, n.size, n.crlf_size),
+            ("1700000000.V801I1M2.mx", None, None, None)
+        );
         assert_eq!(MaildirName::parse("x:1,odd").unwrap().flags, None);
         assert_eq!(MaildirName::parse("x,S=zz").unwrap().size, None);
         assert!(MaildirName::parse(".hidden").is_none());
         assert!(MaildirName::parse(":2,S").is_none());
         assert!(MaildirName::parse("").is_none());
-        assert_eq!(MaildirName::parse("not-a-maildir-name").unwrap().base, "not-a-maildir-name");
+        assert_eq!(
+            MaildirName::parse("not-a-maildir-name").unwrap().base,
+            "not-a-maildir-name"
+        );
     }
 
     #[test]

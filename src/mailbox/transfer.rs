@@ -276,7 +276,12 @@ mod tests {
         let src = b"Subject: a\r\n\r\nbody\r\n";
         let plan = TransferPlan::retr(src);
         assert_eq!(plan.as_slice(), Some(&src[..]));
-        for src in [&b"Subject: a\n\nbody\n"[..], b"a\r\n.b\r\n", b"a\r\nb", b".\r\n"] {
+        for src in [
+            &b"Subject: a\n\nbody\n"[..],
+            b"a\r\n.b\r\n",
+            b"a\r\nb",
+            b".\r\n",
+        ] {
             assert!(TransferPlan::retr(src).as_slice().is_none());
         }
     }

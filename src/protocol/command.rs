@@ -173,7 +173,13 @@ mod tests {
             (b"user alice", User("alice")),
             (b"PASS secret with spaces ", Pass(b"secret with spaces ")),
             (b"pAsS x", Pass(b"x")),
-            (b"APOP bob c4c9334bac560ecc979e58001b3e22fb", Apop { user: "bob", digest: "c4c9334bac560ecc979e58001b3e22fb" }),
+            (
+                b"APOP bob c4c9334bac560ecc979e58001b3e22fb",
+                Apop {
+                    user: "bob",
+                    digest: "c4c9334bac560ecc979e58001b3e22fb",
+                },
+            ),
             (b"CAPA", Capa),
             (b"quit", Quit),
             (b"STAT", Stat),
@@ -192,7 +198,12 @@ mod tests {
             (b"RSET", Rset),
         ];
         for (line, want) in ok {
-            assert_eq!(parse(line).as_ref(), Ok(want), "{}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse(line).as_ref(),
+                Ok(want),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
         use ParseError::*;
         let bad: &[(&[u8], ParseError)] = &[

@@ -147,7 +147,10 @@ mod tests {
         for _ in 0..100 {
             d.push(&[b'x'; 512]);
             assert!(d.next_line().is_none());
-            assert!(d.buffered() < 1024, "decoder must not buffer an over-long line");
+            assert!(
+                d.buffered() < 1024,
+                "decoder must not buffer an over-long line"
+            );
         }
         d.push(b"yyy\r\nNOOP\r\n");
         assert_eq!(d.next_line(), Some(Line::TooLong));

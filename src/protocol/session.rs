@@ -438,7 +438,8 @@ impl<M: Maildrop> Session<M> {
                     match &self.conn.apop_timestamp {
                         None => self.bad(out, "APOP is not available."),
                         Some(ts) => {
-                            if digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            if digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+                            {
                                 self.bad(out, "Invalid APOP digest.");
                             } else {
                                 self.awaiting = Awaiting::Login;
@@ -573,7 +574,8 @@ impl<M: Maildrop> Session<M> {
             LoginResult::Failed => {
                 self.auth_failures += 1;
                 err(out, AUTH_FAILED);
-                if self.cfg.max_auth_failures > 0 && self.auth_failures >= self.cfg.max_auth_failures
+                if self.cfg.max_auth_failures > 0
+                    && self.auth_failures >= self.cfg.max_auth_failures
                 {
                     self.state = State::Closed;
                 } else {
@@ -629,9 +631,10 @@ impl<M: Maildrop> Session<M> {
         self.awaiting = Awaiting::Nothing;
         match e {
             RetrieveError::Gone => err(out, "Message was removed by another client."),
-            RetrieveError::Temporary => {
-                err(out, "[SYS/TEMP] Unable to read the message, try again later.")
-            }
+            RetrieveError::Temporary => err(
+                out,
+                "[SYS/TEMP] Unable to read the message, try again later.",
+            ),
         }
     }
 
@@ -688,7 +691,9 @@ fn scan_line<M: Maildrop>(t: &Transaction<M>, kind: ListKind, i: usize, out: &mu
 
 /// Writes more lines of a multi-line LIST/UIDL, stopping when `out` is full.
 fn continue_listing<M: Maildrop>(t: &mut Transaction<M>, out: &mut Vec<u8>) {
-    let Some(listing) = &mut t.listing else { return };
+    let Some(listing) = &mut t.listing else {
+        return;
+    };
     let (kind, mut i) = (listing.kind, listing.next);
     let count = t.drop.count();
     while i < count && out.len() < FLUSH_AT {

@@ -19,7 +19,11 @@ impl Maildrop for Fake {
 }
 
 fn fake() -> Fake {
-    Fake(vec![(120, "a1".into()), (200, "b2".into()), (5, "c3".into())])
+    Fake(vec![
+        (120, "a1".into()),
+        (200, "b2".into()),
+        (5, "c3".into()),
+    ])
 }
 
 /// A scripted runtime: logins succeed for alice/secret (PASS) and for APOP digest "0"*32;
@@ -70,7 +74,11 @@ impl Harness {
                         LoginRequest::Pass { user, password } => {
                             user == "alice" && password == b"secret word"
                         }
-                        LoginRequest::Apop { user, digest, timestamp } => {
+                        LoginRequest::Apop {
+                            user,
+                            digest,
+                            timestamp,
+                        } => {
                             assert_eq!(timestamp, "<1.2@test>");
                             user == "alice" && digest == &"0".repeat(32)
                         }
@@ -125,7 +133,10 @@ impl Harness {
 #[test]
 fn greeting_carries_apop_timestamp() {
     let h = Harness::new();
-    assert_eq!(String::from_utf8_lossy(&h.wire), "+OK corepop ready. <1.2@test>\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&h.wire),
+        "+OK corepop ready. <1.2@test>\r\n"
+    );
 }
 
 #[test]
@@ -138,27 +149,56 @@ fn full_transaction() {
         "+OK 3 messages (325 octets)\r\n1 120\r\n2 200\r\n3 5\r\n.\r\n"
     );
     assert_eq!(h.send("LIST 2\r\n"), "+OK 2 200\r\n");
-    assert_eq!(h.send("UIDL\r\n"), "+OK 3 messages (325 octets)\r\n1 a1\r\n2 b2\r\n3 c3\r\n.\r\n");
+    assert_eq!(
+        h.send("UIDL\r\n"),
+        "+OK 3 messages (325 octets)\r\n1 a1\r\n2 b2\r\n3 c3\r\n.\r\n"
+    );
     assert_eq!(h.send("UIDL 3\r\n"), "+OK 3 c3\r\n");
     assert_eq!(h.send("RETR 1\r\n"), "+OK 120 octets\r\nbody 0\r\n.\r\n");
-    assert_eq!(h.send("TOP 2 5\r\n"), "+OK Message follows.\r\ntop 1 5\r\n.\r\n");
+    assert_eq!(
+        h.send("TOP 2 5\r\n"),
+        "+OK Message follows.\r\ntop 1 5\r\n.\r\n"
+    );
     assert_eq!(h.send("DELE 1\r\n"), "+OK Marked to be deleted.\r\n");
     // Deleted messages cannot be referenced; numbers do not shift.
     for cmd in ["RETR 1", "TOP 1 0", "LIST 1", "UIDL 1", "DELE 1"] {
-        assert_eq!(h.send(&format!("{cmd}\r\n")), "-ERR Message is deleted.\r\n", "{cmd}");
+        assert_eq!(
+            h.send(&format!("{cmd}\r\n")),
+            "-ERR Message is deleted.\r\n",
+            "{cmd}"
+        );
     }
     assert_eq!(h.send("LIST 2\r\n"), "+OK 2 200\r\n");
     assert_eq!(h.send("STAT\r\n"), "+OK 2 205\r\n");
-    assert_eq!(h.send("LIST\r\n"), "+OK 2 messages (205 octets)\r\n2 200\r\n3 5\r\n.\r\n");
-    assert_eq!(h.send("RSET\r\n"), "+OK Maildrop has 3 messages (325 octets).\r\n");
+    assert_eq!(
+        h.send("LIST\r\n"),
+        "+OK 2 messages (205 octets)\r\n2 200\r\n3 5\r\n.\r\n"
+    );
+    assert_eq!(
+        h.send("RSET\r\n"),
+        "+OK Maildrop has 3 messages (325 octets).\r\n"
+    );
     assert_eq!(h.send("STAT\r\n"), "+OK 3 325\r\n");
     h.send("DELE 3\r\nDELE 2\r\n");
     assert_eq!(h.send("NOOP\r\n"), "+OK Nothing happened.\r\n");
-    assert_eq!(h.send("QUIT\r\n"), "+OK Logging out, 2 messages deleted.\r\n");
+    assert_eq!(
+        h.send("QUIT\r\n"),
+        "+OK Logging out, 2 messages deleted.\r\n"
+    );
     assert!(h.closed);
     assert_eq!(h.committed, vec![1, 2]);
     let st = h.s.stats();
-    assert_eq!((st.retr, st.retr_octets, st.top, st.deleted, st.messages, st.size), (1, 120, 1, 2, 3, 325));
+    assert_eq!(
+        (
+            st.retr,
+            st.retr_octets,
+            st.top,
+            st.deleted,
+            st.messages,
+            st.size
+        ),
+        (1, 120, 1, 2, 3, 325)
+    );
 }
 
 #[test]
@@ -191,7 +231,10 @@ fn message_number_errors() {
         ("RETR -1", "-ERR Invalid message number.\r\n"),
         ("RETR x", "-ERR Invalid message number.\r\n"),
         ("RETR 4", "-ERR No such message.\r\n"),
-        ("RETR 99999999999999999999", "-ERR Invalid message number.\r\n"),
+        (
+            "RETR 99999999999999999999",
+            "-ERR Invalid message number.\r\n",
+        ),
         ("RETR", "-ERR Invalid arguments.\r\n"),
         ("RETR 1 2", "-ERR Invalid arguments.\r\n"),
         ("TOP 1", "-ERR Invalid arguments.\r\n"),
@@ -208,13 +251,30 @@ fn message_number_errors() {
 #[test]
 fn wrong_state_commands() {
     let mut h = Harness::new();
-    for cmd in ["STAT", "LIST", "RETR 1", "DELE 1", "NOOP", "RSET", "TOP 1 1", "UIDL"] {
-        assert_eq!(h.send(&format!("{cmd}\r\n")), "-ERR Command not valid in this state.\r\n", "{cmd}");
+    for cmd in [
+        "STAT", "LIST", "RETR 1", "DELE 1", "NOOP", "RSET", "TOP 1 1", "UIDL",
+    ] {
+        assert_eq!(
+            h.send(&format!("{cmd}\r\n")),
+            "-ERR Command not valid in this state.\r\n",
+            "{cmd}"
+        );
     }
-    assert_eq!(h.send("PASS x\r\n"), "-ERR No username given; send USER first.\r\n");
+    assert_eq!(
+        h.send("PASS x\r\n"),
+        "-ERR No username given; send USER first.\r\n"
+    );
     h.login();
-    for cmd in ["USER alice", "PASS secret word", "APOP alice 00000000000000000000000000000000"] {
-        assert_eq!(h.send(&format!("{cmd}\r\n")), "-ERR Command not valid in this state.\r\n", "{cmd}");
+    for cmd in [
+        "USER alice",
+        "PASS secret word",
+        "APOP alice 00000000000000000000000000000000",
+    ] {
+        assert_eq!(
+            h.send(&format!("{cmd}\r\n")),
+            "-ERR Command not valid in this state.\r\n",
+            "{cmd}"
+        );
     }
     assert!(h.s.logged_in());
 }
@@ -232,7 +292,10 @@ fn bad_logins_look_alike_and_are_limited() {
     assert!(h.send("PASS secret word\r\n").starts_with("-ERR"));
     assert!(!h.closed);
     h.send("USER alice\r\n");
-    assert_eq!(h.send("PASS again wrong\r\n"), "-ERR [AUTH] Authentication failed.\r\n");
+    assert_eq!(
+        h.send("PASS again wrong\r\n"),
+        "-ERR [AUTH] Authentication failed.\r\n"
+    );
     assert!(h.closed, "third failure closes the connection");
 }
 
@@ -241,10 +304,19 @@ fn in_use_and_apop() {
     let mut h = Harness::new();
     h.in_use = true;
     h.send("USER alice\r\n");
-    assert_eq!(h.send("PASS secret word\r\n"), "-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n");
+    assert_eq!(
+        h.send("PASS secret word\r\n"),
+        "-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
+    );
     h.in_use = false;
-    assert_eq!(h.send("APOP alice 0000\r\n"), "-ERR Invalid APOP digest.\r\n");
-    assert_eq!(h.send(&format!("APOP alice {}\r\n", "0".repeat(32))), "+OK Logged in.\r\n");
+    assert_eq!(
+        h.send("APOP alice 0000\r\n"),
+        "-ERR Invalid APOP digest.\r\n"
+    );
+    assert_eq!(
+        h.send(&format!("APOP alice {}\r\n", "0".repeat(32))),
+        "+OK Logged in.\r\n"
+    );
 }
 
 #[test]
@@ -252,10 +324,17 @@ fn plaintext_refused_on_insecure_connections() {
     let mut h = Harness::with(SessionConfig::default(), false);
     let capa = h.send("CAPA\r\n");
     assert!(!capa.contains("\r\nUSER\r\n"), "{capa}");
-    assert!(h.send("USER alice\r\n").starts_with("-ERR [AUTH] Plaintext"));
-    assert!(h.send("PASS secret word\r\n").starts_with("-ERR [AUTH] Plaintext"));
+    assert!(h
+        .send("USER alice\r\n")
+        .starts_with("-ERR [AUTH] Plaintext"));
+    assert!(h
+        .send("PASS secret word\r\n")
+        .starts_with("-ERR [AUTH] Plaintext"));
     // APOP never sends the password.
-    assert_eq!(h.send(&format!("APOP alice {}\r\n", "0".repeat(32))), "+OK Logged in.\r\n");
+    assert_eq!(
+        h.send(&format!("APOP alice {}\r\n", "0".repeat(32))),
+        "+OK Logged in.\r\n"
+    );
 }
 
 #[test]
@@ -282,7 +361,10 @@ fn junk_gets_err_and_session_continues() {
     h2.s.feed(b"USER \xff\xfe\r\nNO\0OP\r\n");
     h2.drive();
     let w = String::from_utf8_lossy(&h2.wire).into_owned();
-    assert!(w.ends_with("-ERR Invalid characters in command.\r\n-ERR Unknown command.\r\n"), "{w}");
+    assert!(
+        w.ends_with("-ERR Invalid characters in command.\r\n-ERR Unknown command.\r\n"),
+        "{w}"
+    );
     assert!(!h.closed);
 }
 
@@ -295,7 +377,10 @@ fn too_many_bad_commands_close() {
     let mut h = Harness::with(cfg, true);
     h.send("X\r\nY\r\n");
     assert!(!h.closed);
-    assert_eq!(h.send("Z\r\nNOOP\r\n"), "-ERR Too many invalid commands, closing connection.\r\n");
+    assert_eq!(
+        h.send("Z\r\nNOOP\r\n"),
+        "-ERR Too many invalid commands, closing connection.\r\n"
+    );
     assert!(h.closed);
 }
 
@@ -304,7 +389,10 @@ fn retrieve_of_vanished_message() {
     let mut h = Harness::new();
     h.login();
     h.gone = Some(1);
-    assert_eq!(h.send("RETR 2\r\n"), "-ERR Message was removed by another client.\r\n");
+    assert_eq!(
+        h.send("RETR 2\r\n"),
+        "-ERR Message was removed by another client.\r\n"
+    );
     assert_eq!(h.send("RETR 1\r\n"), "+OK 120 octets\r\nbody 0\r\n.\r\n");
 }
 
@@ -344,10 +432,13 @@ fn pipelined_transcript_in_any_chunking_gives_same_bytes() {
 #[test]
 fn large_listing_is_flushed_in_bounded_chunks() {
     let drop = Fake((0..20_000).map(|i| (1000 + i, format!("uid{i}"))).collect());
-    let mut s = Session::new(Arc::new(SessionConfig::default()), ConnInfo {
-        apop_timestamp: None,
-        plaintext_auth: true,
-    });
+    let mut s = Session::new(
+        Arc::new(SessionConfig::default()),
+        ConnInfo {
+            apop_timestamp: None,
+            plaintext_auth: true,
+        },
+    );
     let mut out = Vec::new();
     s.feed(b"USER a\r\nPASS b\r\nUIDL\r\nSTAT\r\n");
     let mut wire = Vec::new();

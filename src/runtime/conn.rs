@@ -56,12 +56,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, registry: Rc<Reg
         tracing::debug!(peer = %Peer(c.peer), error = %e, "connection ended with an error");
     }
     registry.remove(id);
-    if let Some(lock) = c.lock.take() {
-        let r = glommio::executor().spawn_blocking(move || lock.release()).await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not release maildrop lock");
-        }
-    }
+    c.release_lock().await;
 }
 
 struct Conn {
@@ -95,7 +90,10 @@ impl Conn {
         self.stream.set_write_timeout(Some(idle_timeout))?;
         let loopback = self.peer.is_some_and(|p| p.ip().is_loopback());
         let info = ConnInfo {
-            apop_timestamp: cfg.server.apop.then(|| apop_timestamp(&self.shared.hostname)),
+            apop_timestamp: cfg
+                .server
+                .apop
+                .then(|| apop_timestamp(&self.shared.hostname)),
             plaintext_auth: loopback || cfg.auth.insecure_plaintext_auth,
         };
         let mut session: Session<Maildrop> = Session::new(self.shared.session_cfg.clone(), info);
@@ -203,10 +201,24 @@ impl Conn {
                     session.commit_done(&mut out, failed);
                 }
                 Step::Close => {
+                    // Free the maildrop before the final reply, so a client that logs in
+                    // again right after QUIT is not told the maildrop is in use.
+                    self.release_lock().await;
                     let _ = self.flush(&mut out).await;
                     self.log_logout(&session, "logout");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    async fn release_lock(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            let r = glommio::executor()
+                .spawn_blocking(move || lock.release())
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not release maildrop lock");
             }
         }
     }
@@ -224,7 +236,11 @@ impl Conn {
     }
 
     /// Sends the status line in `out` followed by the message's wire form and terminator.
-    async fn send_message(&mut self, out: &mut Vec<u8>, mut plan: TransferPlan<'_>) -> io::Result<()> {
+    async fn send_message(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut plan: TransferPlan<'_>,
+    ) -> io::Result<()> {
         if let Some(slice) = plan.as_slice() {
             // Already wire form: straight from the mapping, no copy.
             self.write_parts(&[out, slice, TERMINATOR]).await?;

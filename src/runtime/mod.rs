@@ -175,14 +175,12 @@ async fn shard(shared: Arc<Shared>, fds: Vec<OwnedFd>, stop: flume::Receiver<()>
             (shared.clone(), gate.clone(), registry.clone(), stop.clone());
         loops.push(glommio::spawn_local(async move {
             loop {
-                let accepted = futures_lite::future::or(
-                    async { Some(listener.accept().await) },
-                    async {
+                let accepted =
+                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
                         let _ = stop.recv_async().await;
                         None
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 let stream = match accepted {
                     None => break,
                     Some(Ok(s)) => s,
@@ -208,13 +206,10 @@ async fn shard(shared: Arc<Shared>, fds: Vec<OwnedFd>, stop: flume::Receiver<()>
     }
     registry.wake_all();
     let grace = Duration::from_secs(shared.cfg.server.shutdown_grace_secs);
-    let closed = futures_lite::future::or(
-        async { gate.close().await.is_ok() },
-        async {
-            glommio::timer::sleep(grace).await;
-            false
-        },
-    )
+    let closed = futures_lite::future::or(async { gate.close().await.is_ok() }, async {
+        glommio::timer::sleep(grace).await;
+        false
+    })
     .await;
     if !closed {
         tracing::warn!("shutdown grace period over; closing remaining sessions");

@@ -24,7 +24,11 @@ pub fn listeners(addr: SocketAddr, count: usize) -> io::Result<(Vec<OwnedFd>, So
     let mut bound = addr;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        let s = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         if bound.is_ipv6() {
