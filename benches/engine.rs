@@ -136,7 +136,7 @@ fn session(c: &mut Criterion) {
                     Step::Retrieve { .. } => s.retrieve_ready(&mut out),
                     Step::Flush => out.clear(),
                     Step::Commit => s.commit_done(&mut out, 0),
-                    Step::NeedInput | Step::Close => break,
+                    Step::NeedInput | Step::Close | Step::StartTls => break,
                 }
             }
             out.len()

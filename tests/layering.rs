@@ -32,9 +32,22 @@ fn code(text: &str) -> String {
 #[test]
 fn protocol_uses_no_io() {
     let forbidden = [
-        "glommio", "std::net", "std::fs", "std::io", "std::time", "std::thread", "std::process",
-        "rustls", "memmap2", "libc", "socket2", "crate::mailbox", "crate::auth",
-        "crate::runtime", "crate::config", "tracing",
+        "glommio",
+        "std::net",
+        "std::fs",
+        "std::io",
+        "std::time",
+        "std::thread",
+        "std::process",
+        "rustls",
+        "memmap2",
+        "libc",
+        "socket2",
+        "crate::mailbox",
+        "crate::auth",
+        "crate::runtime",
+        "crate::config",
+        "tracing",
     ];
     let mut checked = 0;
     for (path, text) in src() {
@@ -44,7 +57,10 @@ fn protocol_uses_no_io() {
         checked += 1;
         let code = code(&text);
         for f in forbidden {
-            assert!(!code.contains(f), "{path} uses {f}: protocol/ must stay sans-I/O");
+            assert!(
+                !code.contains(f),
+                "{path} uses {f}: protocol/ must stay sans-I/O"
+            );
         }
     }
     assert!(checked >= 4, "protocol sources not found");
@@ -56,7 +72,10 @@ fn only_runtime_names_glommio() {
         if path.contains("/src/runtime/") {
             continue;
         }
-        assert!(!code(&text).contains("glommio"), "{path} names glommio outside runtime/");
+        assert!(
+            !code(&text).contains("glommio"),
+            "{path} names glommio outside runtime/"
+        );
     }
 }
 
@@ -66,7 +85,10 @@ fn unsafe_only_in_its_homes() {
     for (path, text) in src() {
         let has_unsafe = code(&text).contains("unsafe ");
         if has_unsafe {
-            assert!(homes.iter().any(|h| path.ends_with(h)), "{path} has unsafe code");
+            assert!(
+                homes.iter().any(|h| path.ends_with(h)),
+                "{path} has unsafe code"
+            );
         }
     }
 }

@@ -84,13 +84,17 @@ impl Snapshot {
                 }
             }
         }
-        // Sort in delivery order; the same base in new/ and cur/ (a racing rename) counts once.
-        found.sort_by(|a, b| {
-            let (na, nb) = (MaildirName::parse(&a.1), MaildirName::parse(&b.1));
-            na.map(|n| n.order_key()).cmp(&nb.map(|n| n.order_key()))
+        // Delivery order: by name first, then (stably) by the time fields of the name.
+        found.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        found.sort_by_cached_key(|(_, name)| {
+            let (secs, usecs, _) = MaildirName::parse(name).expect("filtered above").order_key();
+            (secs, usecs)
         });
-        found.dedup_by(|a, b| {
-            MaildirName::parse(&a.1).map(|n| n.base) == MaildirName::parse(&b.1).map(|n| n.base)
+        // The same base in new/ and cur/ (a rename racing the listing) counts once.
+        let mut seen = std::collections::HashSet::with_capacity(found.len());
+        found.retain(|(_, name)| {
+            let base = MaildirName::parse(name).map_or(name.as_str(), |n| n.base);
+            seen.insert(base.to_owned())
         });
         let mut messages = Vec::with_capacity(found.len());
         for (sub, file_name) in found {
@@ -266,6 +270,19 @@ mod tests {
         assert_eq!(&*left.messages()[0].file_name, "1700000001.M40P1.h:2,");
         // Deleting something already gone is not a failure.
         assert_eq!(s.commit(&[0]), 0);
+    }
+
+    #[test]
+    fn a_message_seen_in_new_and_cur_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        put(&root, "new", "1700000001.M1P1.h.x", b"b\n");
+        put(&root, "cur", "1700000001.M1P1.h:2,S", b"a\n");
+        let s = Snapshot::load(&root).unwrap();
+        let uidls: Vec<_> = s.messages().iter().map(|m| &*m.uidl).collect();
+        assert_eq!(uidls, ["1700000001.M1P1.h", "1700000001.M1P1.h.x"]);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub enum Command<'a> {
         digest: &'a str,
     },
     Capa,
+    Stls,
     Quit,
     Stat,
     List(Option<MsgNum>),
@@ -113,6 +114,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
             Command::Apop { user, digest }
         }
         b"CAPA" => Command::Capa,
+        b"STLS" => Command::Stls,
         b"QUIT" => Command::Quit,
         b"STAT" => Command::Stat,
         b"NOOP" => Command::Noop,
@@ -181,6 +183,7 @@ mod tests {
                 },
             ),
             (b"CAPA", Capa),
+            (b"stls", Stls),
             (b"quit", Quit),
             (b"STAT", Stat),
             (b"STAT ", Stat),
@@ -227,6 +230,7 @@ mod tests {
             (b"LIST 1 2", BadArguments),
             (b"STAT 1", BadArguments),
             (b"QUIT now", BadArguments),
+            (b"STLS x", BadArguments),
             (b"TOP 1", BadArguments),
             (b"TOP 1 -1", BadArguments),
             (b"TOP 0 1", BadMessageNumber),

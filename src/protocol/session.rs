@@ -72,8 +72,13 @@ impl Default for SessionConfig {
 pub struct ConnInfo {
     /// The `<...>` timestamp for APOP, included in the greeting when set.
     pub apop_timestamp: Option<String>,
-    /// Whether USER/PASS may be used on this connection (TLS, loopback or configured).
+    /// Whether USER/PASS may be used on this connection before TLS (loopback or configured).
+    /// Once TLS is up they are always allowed.
     pub plaintext_auth: bool,
+    /// Whether STLS is offered (a certificate is configured and TLS is not up yet).
+    pub stls: bool,
+    /// Whether the connection is already encrypted (implicit TLS).
+    pub secure: bool,
 }
 
 /// Credentials the client presented, for the runtime to verify.
@@ -133,6 +138,9 @@ pub enum Step {
     Retrieve { index: usize, lines: Option<u64> },
     /// Apply the deletions (UPDATE state); answer with [`Session::commit_done`].
     Commit,
+    /// STLS accepted: write `out` (the `+OK`), run the TLS handshake on the connection, then
+    /// call [`Session::tls_started`]. Input pipelined behind STLS has already been discarded.
+    StartTls,
     /// Write `out` and close.
     Close,
 }
@@ -162,6 +170,7 @@ pub struct Stats {
 enum Awaiting {
     Nothing,
     Login,
+    Tls,
     Retrieve { index: usize, top: bool },
     Commit,
 }
@@ -410,10 +419,11 @@ impl<M: Maildrop> Session<M> {
             Command::Quit => return self.quit(out),
             _ => {}
         }
+        let plaintext_ok = self.plaintext_ok();
         match &mut self.state {
             State::Authorization { user } => match cmd {
                 Command::User(name) => {
-                    if !self.conn.plaintext_auth {
+                    if !plaintext_ok {
                         err(out, PLAINTEXT_REFUSED);
                     } else {
                         *user = Some(name.to_owned());
@@ -421,7 +431,7 @@ impl<M: Maildrop> Session<M> {
                     }
                 }
                 Command::Pass(password) => {
-                    if !self.conn.plaintext_auth {
+                    if !plaintext_ok {
                         err(out, PLAINTEXT_REFUSED);
                     } else if let Some(user) = user.take() {
                         self.awaiting = Awaiting::Login;
@@ -452,6 +462,21 @@ impl<M: Maildrop> Session<M> {
                                 ))));
                             }
                         }
+                    }
+                }
+                Command::Stls => {
+                    if self.conn.secure {
+                        self.bad(out, "TLS is already active.");
+                    } else if !self.conn.stls {
+                        self.bad(out, "STLS is not available.");
+                    } else {
+                        *user = None;
+                        ok(out, "Begin TLS negotiation now.");
+                        // RFC 2595 §4 / RFC 8314: nothing sent before the handshake may be
+                        // acted upon after it.
+                        self.decoder.clear();
+                        self.awaiting = Awaiting::Tls;
+                        return Some(Step::StartTls);
                     }
                 }
                 _ => self.bad(out, WRONG_STATE),
@@ -530,8 +555,11 @@ impl<M: Maildrop> Session<M> {
 
     fn capa(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"+OK Capability list follows\r\nTOP\r\n");
-        if self.conn.plaintext_auth {
+        if self.plaintext_ok() {
             out.extend_from_slice(b"USER\r\n");
+        }
+        if self.conn.stls && !self.conn.secure {
+            out.extend_from_slice(b"STLS\r\n");
         }
         out.extend_from_slice(
             b"RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION ",
@@ -560,6 +588,24 @@ impl<M: Maildrop> Session<M> {
             self.stats.size = t.total_octets;
         }
         self.state = State::Closed;
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] succeeded: the connection is now secure.
+    /// (If it failed, the runtime closes the connection.)
+    pub fn tls_started(&mut self) {
+        debug_assert!(matches!(self.awaiting, Awaiting::Tls));
+        self.awaiting = Awaiting::Nothing;
+        self.conn.secure = true;
+        self.decoder.clear();
+    }
+
+    /// True when the connection is encrypted.
+    pub fn is_secure(&self) -> bool {
+        self.conn.secure
+    }
+
+    fn plaintext_ok(&self) -> bool {
+        self.conn.plaintext_auth || self.conn.secure
     }
 
     /// The outcome of a [`Step::Login`].

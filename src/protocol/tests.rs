@@ -37,6 +37,7 @@ struct Harness {
     committed: Vec<usize>,
     closed: bool,
     gone: Option<usize>,
+    tls_handshakes: u32,
 }
 
 impl Harness {
@@ -47,6 +48,8 @@ impl Harness {
         let conn = ConnInfo {
             apop_timestamp: Some("<1.2@test>".into()),
             plaintext_auth: plaintext,
+            stls: true,
+            secure: false,
         };
         let s = Session::new(Arc::new(cfg), conn);
         let mut wire = Vec::new();
@@ -60,6 +63,7 @@ impl Harness {
             committed: Vec::new(),
             closed: false,
             gone: None,
+            tls_handshakes: 0,
         }
     }
 
@@ -107,6 +111,10 @@ impl Harness {
                 Step::Commit => {
                     self.committed = self.s.deletions().collect();
                     self.s.commit_done(&mut self.out, self.fail_commit);
+                }
+                Step::StartTls => {
+                    self.tls_handshakes += 1;
+                    self.s.tls_started();
                 }
                 Step::Close => {
                     self.closed = true;
@@ -343,7 +351,7 @@ fn capa_same_before_and_after_login() {
     let before = h.send("capa\r\n");
     assert_eq!(
         before,
-        "+OK Capability list follows\r\nTOP\r\nUSER\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION corepop\r\n.\r\n"
+        "+OK Capability list follows\r\nTOP\r\nUSER\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION corepop\r\n.\r\n"
     );
     h.login();
     assert_eq!(h.send("CAPA\r\n"), before);
@@ -437,6 +445,7 @@ fn large_listing_is_flushed_in_bounded_chunks() {
         ConnInfo {
             apop_timestamp: None,
             plaintext_auth: true,
+            ..ConnInfo::default()
         },
     );
     let mut out = Vec::new();
@@ -459,4 +468,46 @@ fn large_listing_is_flushed_in_bounded_chunks() {
     let text = String::from_utf8(wire).unwrap();
     assert_eq!(text.matches("\r\n").count(), 2 + 1 + 20_000 + 1 + 1);
     assert!(text.contains("\r\n20000 uid19999\r\n.\r\n+OK 20000 "));
+}
+
+#[test]
+fn stls_discards_pipelined_plaintext_and_enables_user_pass() {
+    let mut h = Harness::with(SessionConfig::default(), false);
+    let capa = h.send("CAPA\r\n");
+    assert!(
+        capa.contains("\r\nSTLS\r\n") && !capa.contains("\r\nUSER\r\n"),
+        "{capa}"
+    );
+    // A command injected behind STLS in the same packet must never run.
+    assert_eq!(
+        h.send("STLS\r\nUSER alice\r\nPASS secret word\r\n"),
+        "+OK Begin TLS negotiation now.\r\n"
+    );
+    assert_eq!(h.tls_handshakes, 1);
+    assert!(!h.s.logged_in());
+    let capa = h.send("CAPA\r\n");
+    assert!(
+        !capa.contains("STLS") && capa.contains("\r\nUSER\r\n"),
+        "{capa}"
+    );
+    assert_eq!(h.send("STLS\r\n"), "-ERR TLS is already active.\r\n");
+    h.login();
+    assert_eq!(
+        h.send("STLS\r\n"),
+        "-ERR Command not valid in this state.\r\n"
+    );
+}
+
+#[test]
+fn stls_not_offered_without_a_certificate() {
+    let mut h = Harness::new();
+    h.s = Session::new(
+        Arc::new(SessionConfig::default()),
+        ConnInfo {
+            plaintext_auth: true,
+            ..ConnInfo::default()
+        },
+    );
+    assert!(!h.send("CAPA\r\n").contains("STLS"));
+    assert_eq!(h.send("STLS\r\n"), "-ERR STLS is not available.\r\n");
 }

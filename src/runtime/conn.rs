@@ -95,6 +95,8 @@ impl Conn {
                 .apop
                 .then(|| apop_timestamp(&self.shared.hostname)),
             plaintext_auth: loopback || cfg.auth.insecure_plaintext_auth,
+            stls: false,
+            secure: false,
         };
         let mut session: Session<Maildrop> = Session::new(self.shared.session_cfg.clone(), info);
         let mut out = Vec::with_capacity(256);
@@ -199,6 +201,11 @@ impl Conn {
                         None => indexes.len(),
                     };
                     session.commit_done(&mut out, failed);
+                }
+                Step::StartTls => {
+                    // Not offered until TLS is configured (ConnInfo::stls is false).
+                    self.flush(&mut out).await?;
+                    return Ok(());
                 }
                 Step::Close => {
                     // Free the maildrop before the final reply, so a client that logs in
