@@ -104,6 +104,11 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         return Ok(Command::Pass(rest));
     }
     let rest = std::str::from_utf8(rest).map_err(|_| ParseError::NotUtf8)?;
+    // Arguments are separated by single spaces (RFC 1939 §3). A lone trailing space ("STAT ")
+    // means no arguments; an empty argument anywhere else ("LIST  1", "RETR 1 ") is an error.
+    if !rest.is_empty() && rest.split(' ').any(str::is_empty) {
+        return Err(ParseError::BadArguments);
+    }
     let mut args = rest.split(' ').filter(|a| !a.is_empty());
     let mut arg = || args.next();
     let cmd = match kw {
@@ -151,12 +156,12 @@ fn msgnum(s: &str) -> Result<MsgNum, ParseError> {
         .ok_or(ParseError::BadMessageNumber)
 }
 
-/// TOP's line count: decimal digits, zero allowed; absurdly large counts mean "all lines".
+/// TOP's line count: decimal digits, zero allowed, at most u64::MAX (as Dovecot).
 fn lines(s: &str) -> Result<u64, ParseError> {
     if !digits(s) {
         return Err(ParseError::BadArguments);
     }
-    Ok(s.parse::<u64>().unwrap_or(u64::MAX))
+    s.parse::<u64>().map_err(|_| ParseError::BadArguments)
 }
 
 #[cfg(test)]
@@ -189,14 +194,13 @@ mod tests {
             (b"STAT ", Stat),
             (b"LIST", List(None)),
             (b"LIST 3", List(Some(n(3)))),
-            (b"LIST  3", List(Some(n(3)))),
             (b"UIDL", Uidl(None)),
             (b"uidl 10", Uidl(Some(n(10)))),
             (b"RETR 1", Retr(n(1))),
             (b"DELE 4294967295", Dele(n(u32::MAX))),
             (b"TOP 1 0", Top(n(1), 0)),
             (b"TOP 2 10", Top(n(2), 10)),
-            (b"TOP 2 99999999999999999999999", Top(n(2), u64::MAX)),
+            (b"TOP 2 18446744073709551615", Top(n(2), u64::MAX)),
             (b"NOOP", Noop),
             (b"RSET", Rset),
         ];
@@ -233,6 +237,11 @@ mod tests {
             (b"STLS x", BadArguments),
             (b"TOP 1", BadArguments),
             (b"TOP 1 -1", BadArguments),
+            (b"TOP 1 18446744073709551616", BadArguments),
+            (b"LIST  3", BadArguments),
+            (b"LIST  ", BadArguments),
+            (b"RETR 1 ", BadArguments),
+            (b"USER  alice", BadArguments),
             (b"TOP 0 1", BadMessageNumber),
             (b"DELE", BadArguments),
             (b"USER \xff\xfe", NotUtf8),
