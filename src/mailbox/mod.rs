@@ -13,6 +13,7 @@
 //! ones the client deleted; unlink is atomic, so after a crash at any point each message is
 //! either still there or gone.
 
+pub mod index;
 pub mod location;
 pub mod lock;
 pub mod map;
@@ -68,7 +69,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// Lists `new/` and `cur/` of the Maildir at `root`, creating the Maildir if it does not
     /// exist yet (a user who never got mail has an empty maildrop). Sizes come from `,W=` in
-    /// the file name when present, otherwise from reading the file once.
+    /// the file name when present, otherwise from the index ([`index`]), otherwise from reading
+    /// the file once (and the index is updated).
     pub fn load(root: &Path) -> io::Result<Snapshot> {
         ensure_maildir(root)?;
         let mut found: Vec<(Sub, String)> = Vec::new();
@@ -87,7 +89,9 @@ impl Snapshot {
         // Delivery order: by name first, then (stably) by the time fields of the name.
         found.sort_unstable_by(|a, b| a.1.cmp(&b.1));
         found.sort_by_cached_key(|(_, name)| {
-            let (secs, usecs, _) = MaildirName::parse(name).expect("filtered above").order_key();
+            let (secs, usecs, _) = MaildirName::parse(name)
+                .expect("filtered above")
+                .order_key();
             (secs, usecs)
         });
         // The same base in new/ and cur/ (a rename racing the listing) counts once.
@@ -96,25 +100,48 @@ impl Snapshot {
             let base = MaildirName::parse(name).map_or(name.as_str(), |n| n.base);
             seen.insert(base.to_owned())
         });
+        let known = index::load(root);
+        let mut misses = 0usize;
+        let mut entries: Vec<index::Entry> = Vec::with_capacity(found.len());
         let mut messages = Vec::with_capacity(found.len());
         for (sub, file_name) in found {
             let parsed = MaildirName::parse(&file_name).expect("filtered above");
-            let octets = match parsed.crlf_size {
-                Some(w) => w,
-                None => match MappedFile::open(&root.join(sub.dir()).join(&file_name)) {
-                    Ok(m) => crlf_size(m.bytes()),
+            let entry = match (parsed.crlf_size, known.get(parsed.base)) {
+                (Some(w), _) => index::Entry {
+                    crlf_size: w,
+                    size: parsed.size.unwrap_or(0),
+                },
+                (None, Some(e)) => *e,
+                (None, None) => match MappedFile::open(&root.join(sub.dir()).join(&file_name)) {
+                    Ok(m) => {
+                        misses += 1;
+                        index::Entry {
+                            crlf_size: crlf_size(m.bytes()),
+                            size: m.bytes().len() as u64,
+                        }
+                    }
                     // Moved or removed by another agent since the listing: not in this snapshot.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 },
             };
             let uidl = name::uidl_for_base(parsed.base).into_boxed_str();
+            entries.push(entry);
             messages.push(Message {
                 sub,
                 file_name: file_name.into_boxed_str(),
-                octets,
+                octets: entry.crlf_size,
                 uidl,
             });
+        }
+        if misses > 0 || known.len() != messages.len() {
+            let bases = messages
+                .iter()
+                .map(|m| MaildirName::parse(&m.file_name).map_or(&*m.file_name, |n| n.base));
+            let bytes = index::encode(bases.zip(entries.iter().copied()));
+            if let Err(e) = index::store(root, &bytes) {
+                tracing::warn!(dir = %root.display(), error = %e, "cannot write index; will retry at next login");
+            }
         }
         Ok(Snapshot {
             root: root.to_path_buf(),
@@ -283,6 +310,53 @@ mod tests {
         let s = Snapshot::load(&root).unwrap();
         let uidls: Vec<_> = s.messages().iter().map(|m| &*m.uidl).collect();
         assert_eq!(uidls, ["1700000001.M1P1.h", "1700000001.M1P1.h.x"]);
+    }
+
+    #[test]
+    fn index_spares_rereading_and_is_rebuilt_when_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\nb\n");
+        put(&root, "cur", "1700000002.M1P1.h:2,S", b"c\r\n");
+        let first = Snapshot::load(&root).unwrap();
+        assert!(root.join(index::INDEX_FILE).exists());
+        // Prove the second login uses the index: make the file unreadable to the scan by
+        // replacing it with a same-named file of another size; the recorded size wins.
+        put(&root, "new", "1700000001.M1P1.h", b"zzzzzzzzzzzz");
+        let second = Snapshot::load(&root).unwrap();
+        assert_eq!(second.messages()[0].octets, first.messages()[0].octets);
+        // A damaged index is ignored and rebuilt from the files.
+        fs::write(root.join(index::INDEX_FILE), b"corepop-index 1\nbad").unwrap();
+        let third = Snapshot::load(&root).unwrap();
+        assert_eq!(third.messages()[0].octets, 12);
+        assert_eq!(index::load(&root).len(), 2);
+        // New mail is indexed; removed mail leaves the index.
+        fs::remove_file(root.join("cur/1700000002.M1P1.h:2,S")).unwrap();
+        put(&root, "new", "1700000003.M1P1.h", b"d\n");
+        let fourth = Snapshot::load(&root).unwrap();
+        assert_eq!(fourth.messages().len(), 2);
+        let idx = index::load(&root);
+        assert_eq!(idx.len(), 2);
+        assert_eq!(
+            idx["1700000003.M1P1.h"],
+            index::Entry {
+                crlf_size: 3,
+                size: 2
+            }
+        );
+    }
+
+    #[test]
+    fn unwritable_index_does_not_stop_the_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        // A directory where the index should be: the rename fails.
+        fs::create_dir(root.join(index::INDEX_FILE)).unwrap();
+        let s = Snapshot::load(&root).unwrap();
+        assert_eq!(s.messages()[0].octets, 3);
     }
 
     #[test]
