@@ -125,6 +125,7 @@ fn session(c: &mut Criterion) {
                 ConnInfo {
                     apop_timestamp: None,
                     plaintext_auth: true,
+                    ..Default::default()
                 },
             );
             let mut out = Vec::with_capacity(4096);

@@ -18,14 +18,17 @@ pub struct Config {
     pub mail: Mail,
     pub limits: Limits,
     pub log: Log,
+    pub tls: Tls,
 }
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
-    /// Plaintext POP3 listeners.
+    /// Plaintext POP3 listeners (STLS is offered on them when `[tls]` has a certificate).
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS POP3 listeners (POP3S, usually port 995); need `[tls]` `cert` and `key`.
+    pub listen_tls: Vec<SocketAddr>,
     /// Executor threads, one per core; 0 means one per online CPU.
     pub threads: usize,
     /// Host name used in the APOP timestamp; empty means the system host name.
@@ -42,6 +45,7 @@ impl Default for Server {
     fn default() -> Self {
         Self {
             listen: vec!["0.0.0.0:110".parse().expect("valid")],
+            listen_tls: Vec::new(),
             threads: 0,
             hostname: String::new(),
             greeting: "corepop ready.".into(),
@@ -139,6 +143,50 @@ impl Default for Log {
     }
 }
 
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain of the default certificate (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the default certificate.
+    pub key: Option<PathBuf>,
+    /// Further certificates, chosen by the name the client asks for (SNI).
+    pub sni: Vec<SniCert>,
+    /// Seconds a client gets to complete the TLS handshake.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            sni: Vec::new(),
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Tls {
+    /// True when a default certificate is configured (TLS is on).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// `[[tls.sni]]`: a certificate served when the client's SNI name is `name`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// Host name, e.g. `pop.example.org`, or a wildcard `*.example.org` (one label).
+    pub name: String,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -171,8 +219,26 @@ impl Config {
     /// Checks values that types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.server.listen.is_empty() {
+        if self.server.listen.is_empty() && self.server.listen_tls.is_empty() {
             return bad("server.listen: at least one listener is needed".into());
+        }
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return bad("tls.cert and tls.key must be set together".into());
+        }
+        if !self.server.listen_tls.is_empty() && !tls.enabled() {
+            return bad("server.listen_tls needs a certificate: set tls.cert and tls.key".into());
+        }
+        if !tls.sni.is_empty() && !tls.enabled() {
+            return bad("tls.sni needs a default certificate: set tls.cert and tls.key".into());
+        }
+        for s in &tls.sni {
+            if s.name.is_empty() || s.name.contains(char::is_whitespace) {
+                return bad(format!("tls.sni: invalid name {:?}", s.name));
+            }
+        }
+        if tls.handshake_timeout_secs == 0 {
+            return bad("tls.handshake_timeout_secs must be at least 1".into());
         }
         if let Err(e) = crate::mailbox::location::validate(&self.mail.location) {
             return bad(format!("mail.location: {e}"));
@@ -209,6 +275,25 @@ mod tests {
         let e = toml::from_str::<Config>("[limits]\nidle_timeout_secs = \"ten\"\n").unwrap_err();
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn tls_section_and_validation() {
+        let c: Config = toml::from_str(
+            "[server]\nlisten_tls = [\"127.0.0.1:995\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [[tls.sni]]\nname = \"pop.example.org\"\ncert = \"c2.pem\"\nkey = \"k2.pem\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tls.handshake_timeout_secs, 10);
+        assert_eq!(c.tls.sni[0].name, "pop.example.org");
+        let c: Config = toml::from_str("[server]\nlisten_tls = [\"127.0.0.1:995\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("listen_tls"), "{e}");
+        let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let e = toml::from_str::<Config>("[[tls.sni]]\nname = \"a\"\ncert = \"c\"\n").unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
     }
 
     #[test]

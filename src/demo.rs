@@ -2,8 +2,10 @@
 //!
 //! Owns: writing the demo's passwd-file, configuration and sample messages (LF and CRLF
 //! endings, a dot-line, no final newline: the shapes a real Maildir has) into a directory of its
-//! own, and the instructions printed for a new user. Existing sample messages are left alone,
-//! so mail deleted in one demo run stays deleted in the next.
+//! own, a self-signed certificate for `localhost`/127.0.0.1 (`cert.pem`, `key.pem` mode 0600,
+//! reused by later runs) for POP3S and STLS, and the instructions printed for a new user.
+//! Existing sample messages are left alone, so mail deleted in one demo run stays deleted in
+//! the next.
 
 use std::fs;
 use std::io;
@@ -31,8 +33,28 @@ const SAMPLES: &[(&str, &[u8])] = &[
     ),
 ];
 
-/// Creates (or reuses) the demo directory and returns the configuration to serve it.
-pub fn prepare(dir: &Path, listen: SocketAddr) -> io::Result<Config> {
+/// Writes a self-signed certificate and key for `localhost` and 127.0.0.1 unless both exist.
+fn ensure_certificate(cert: &Path, key: &Path) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let (cert_pem, key_pem) = crate::tls::self_signed_pem(&["localhost", "127.0.0.1", "::1"])
+        .map_err(|e| io::Error::other(format!("{e:#}")))?;
+    let _ = fs::remove_file(key);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key)?;
+    f.write_all(key_pem.as_bytes())?;
+    fs::write(cert, cert_pem)
+}
+
+/// Creates (or reuses) the demo directory and returns the configuration to serve it:
+/// plaintext (with STLS) on `listen`, implicit TLS on `listen_tls`.
+pub fn prepare(dir: &Path, listen: SocketAddr, listen_tls: SocketAddr) -> io::Result<Config> {
     fs::create_dir_all(dir)?;
     let dir = fs::canonicalize(dir)?;
     let maildir = dir.join("mail").join(USER).join("Maildir");
@@ -47,8 +69,13 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> io::Result<Config> {
     }
     let passwd = dir.join("passwd");
     fs::write(&passwd, format!("{USER}:{{PLAIN}}{PASSWORD}::::::\n"))?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    ensure_certificate(&cert, &key)?;
     let mut cfg = Config::default();
     cfg.server.listen = vec![listen];
+    cfg.server.listen_tls = vec![listen_tls];
+    cfg.tls.cert = Some(cert);
+    cfg.tls.key = Some(key);
     cfg.server.threads = 1;
     cfg.auth.passwd_file = passwd;
     cfg.mail.location = format!("maildir:{}/mail/%u/Maildir", dir.display());
@@ -58,15 +85,20 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> io::Result<Config> {
 }
 
 /// What a new user reads after `corepop demo` starts.
-pub fn print_instructions(dir: &Path, addr: SocketAddr) {
+pub fn print_instructions(dir: &Path, addr: SocketAddr, tls: SocketAddr) {
     let port = addr.port();
+    let tls_port = tls.port();
     println!(
         "\ncorepop demo: user '{USER}', password '{PASSWORD}', mail in {}/mail/{USER}/Maildir\n\
          Try it:\n  \
          curl -u {USER}:{PASSWORD} pop3://127.0.0.1:{port}/        # list messages\n  \
          curl -u {USER}:{PASSWORD} pop3://127.0.0.1:{port}/1       # read message 1\n  \
          python3 -c \"import poplib; p = poplib.POP3('127.0.0.1', {port}); p.user('{USER}'); p.pass_('{PASSWORD}'); print(p.stat()); p.quit()\"\n\
+         With TLS (self-signed certificate {dir}/cert.pem, hence --insecure or --cacert):\n  \
+         curl --insecure pop3s://127.0.0.1:{tls_port}/ -u {USER}:{PASSWORD}          # implicit TLS\n  \
+         curl --insecure --ssl-reqd pop3://127.0.0.1:{port}/ -u {USER}:{PASSWORD}    # STLS\n\
          Stop with Ctrl-C.",
-        dir.display()
+        dir.display(),
+        dir = dir.display()
     );
 }

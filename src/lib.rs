@@ -12,3 +12,4 @@ pub mod demo;
 pub mod mailbox;
 pub mod protocol;
 pub mod runtime;
+pub mod tls;

@@ -31,6 +31,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:1110")]
         listen: SocketAddr,
+        /// Address for implicit TLS (POP3S) with the demo's self-signed certificate.
+        #[arg(long, default_value = "127.0.0.1:1995")]
+        listen_tls: SocketAddr,
     },
 }
 
@@ -51,6 +54,15 @@ struct ServeArgs {
     /// Executor threads (one per core; 0 = all CPUs); replaces `server.threads`.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Implicit-TLS (POP3S) listener address (repeatable); replaces `server.listen_tls`.
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain of the default certificate; replaces `tls.cert`.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the default certificate; replaces `tls.key`.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -71,6 +83,13 @@ impl ServeArgs {
         if let Some(t) = self.threads {
             cfg.server.threads = t;
         }
+        if !self.listen_tls.is_empty() {
+            cfg.server.listen_tls = self.listen_tls.clone();
+        }
+        if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
+            cfg.tls.cert = Some(c.clone());
+            cfg.tls.key = Some(k.clone());
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -87,10 +106,11 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn print_ready(addrs: &[SocketAddr]) {
+fn print_ready(listeners: &[corepop::runtime::Listening]) {
     let mut stdout = std::io::stdout().lock();
-    for a in addrs {
-        let _ = writeln!(stdout, "corepop: listening on {a}");
+    for l in listeners {
+        let tls = if l.tls { " (tls)" } else { "" };
+        let _ = writeln!(stdout, "corepop: listening on {}{tls}", l.addr);
     }
     let _ = stdout.flush();
 }
@@ -101,14 +121,23 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let cfg = args.config()?;
             init_logging(&cfg.log.level);
-            corepop::runtime::serve(cfg, print_ready)
+            corepop::runtime::serve_with(cfg, print_ready)
         }
-        Command::Demo { dir, listen } => {
-            let cfg = corepop::demo::prepare(&dir, listen).context("preparing the demo")?;
+        Command::Demo {
+            dir,
+            listen,
+            listen_tls,
+        } => {
+            let cfg =
+                corepop::demo::prepare(&dir, listen, listen_tls).context("preparing the demo")?;
             init_logging(&cfg.log.level);
-            corepop::runtime::serve(cfg, |addrs| {
-                print_ready(addrs);
-                corepop::demo::print_instructions(&dir, addrs[0]);
+            corepop::runtime::serve_with(cfg, |listeners| {
+                print_ready(listeners);
+                let plain = listeners.iter().find(|l| !l.tls).map(|l| l.addr);
+                let tls = listeners.iter().find(|l| l.tls).map(|l| l.addr);
+                if let (Some(plain), Some(tls)) = (plain, tls) {
+                    corepop::demo::print_instructions(&dir, plain, tls);
+                }
             })
         }
     }

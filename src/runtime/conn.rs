@@ -4,15 +4,20 @@
 //! and commits on the blocking pool, sending messages from their mappings (one vectored
 //! `sendmsg` for status line + message + terminator when the stored form is already wire
 //! form; a streamed transformation otherwise), holding and releasing the maildrop lock, and the
-//! login/logout log lines.
+//! login/logout log lines. Also the TLS transport: the handshake before the greeting on an
+//! implicit-TLS listener and after `+OK` to STLS, both bounded by `tls.handshake_timeout_secs`.
+//! Under TLS a message goes from its mapping through rustls (which copies it once, encrypting)
+//! and every write is flushed; the vectored raw `sendmsg` is for plaintext only.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 use super::{sys, Registry, Shared};
@@ -42,11 +47,91 @@ const CHUNK: usize = 64 * 1024;
 /// Bytes read from the socket at a time; small, since this buffer lives as long as the session.
 const READ_BUF: usize = 512;
 
-/// Runs one connection to its end.
-pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, registry: Rc<Registry>, id: u64) {
+/// The connection's byte stream: plaintext, or TLS over the same socket. The TLS state is
+/// boxed so a plaintext connection pays nothing for it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the socket is being handed to the TLS handshake.
+    Upgrading,
+}
+
+impl Transport {
+    fn tcp(&self) -> io::Result<&TcpStream> {
+        match self {
+            Transport::Plain(s) => Ok(s),
+            Transport::Tls(s) => Ok(s.get_ref().0),
+            Transport::Upgrading => Err(upgrading()),
+        }
+    }
+}
+
+fn upgrading() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "TLS handshake failed")
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_close(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Transport::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+/// Runs one connection to its end. On an implicit-TLS listener the TLS handshake comes first.
+pub(crate) async fn run(
+    stream: TcpStream,
+    implicit_tls: bool,
+    shared: Arc<Shared>,
+    registry: Rc<Registry>,
+    id: u64,
+) {
     let peer = stream.peer_addr().ok();
     let mut c = Conn {
-        stream,
+        stream: Transport::Plain(stream),
+        implicit_tls,
         shared,
         peer,
         user: None,
@@ -60,7 +145,8 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, registry: Rc<Reg
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Transport,
+    implicit_tls: bool,
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
     user: Option<String>,
@@ -82,12 +168,19 @@ enum Login {
 
 impl Conn {
     async fn drive(&mut self, registry: &Registry) -> io::Result<()> {
-        let cfg = &self.shared.cfg;
-        self.stream.set_nodelay(true)?;
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        self.stream.tcp()?.set_nodelay(true)?;
         let login_timeout = Duration::from_secs(cfg.limits.login_timeout_secs);
         let idle_timeout = Duration::from_secs(cfg.limits.idle_timeout_secs);
-        self.stream.set_read_timeout(Some(login_timeout))?;
-        self.stream.set_write_timeout(Some(idle_timeout))?;
+        if self.implicit_tls {
+            if let Err(e) = self.start_tls().await {
+                tracing::debug!(peer = %Peer(self.peer), error = %e, "implicit TLS handshake failed");
+                return Ok(());
+            }
+        }
+        self.stream.tcp()?.set_read_timeout(Some(login_timeout))?;
+        self.stream.tcp()?.set_write_timeout(Some(idle_timeout))?;
         let loopback = self.peer.is_some_and(|p| p.ip().is_loopback());
         let info = ConnInfo {
             apop_timestamp: cfg
@@ -95,8 +188,8 @@ impl Conn {
                 .apop
                 .then(|| apop_timestamp(&self.shared.hostname)),
             plaintext_auth: loopback || cfg.auth.insecure_plaintext_auth,
-            stls: false,
-            secure: false,
+            stls: self.shared.tls.is_some() && !self.implicit_tls,
+            secure: self.implicit_tls,
         };
         let mut session: Session<Maildrop> = Session::new(self.shared.session_cfg.clone(), info);
         let mut out = Vec::with_capacity(256);
@@ -109,6 +202,8 @@ impl Conn {
                     session.shrink_if_idle();
                     let n = match self.stream.read(&mut buf).await {
                         Ok(n) => n,
+                        // A TLS peer that closed without close_notify: an ordinary disconnect.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                             session.abort(&mut out, AbortReason::IdleTimeout);
                             self.flush(&mut out).await?;
@@ -141,7 +236,7 @@ impl Conn {
                             tracing::info!(user = %user, peer = %Peer(self.peer), messages = snapshot.messages().len(), "login");
                             self.user = Some(user);
                             self.lock = Some(lock);
-                            self.stream.set_read_timeout(Some(idle_timeout))?;
+                            self.stream.tcp()?.set_read_timeout(Some(idle_timeout))?;
                             LoginResult::Ok(Maildrop(snapshot))
                         }
                         Login::Failed => {
@@ -203,15 +298,24 @@ impl Conn {
                     session.commit_done(&mut out, failed);
                 }
                 Step::StartTls => {
-                    // Not offered until TLS is configured (ConnInfo::stls is false).
+                    // The session has already dropped anything pipelined behind STLS.
                     self.flush(&mut out).await?;
-                    return Ok(());
+                    if let Err(e) = self.start_tls().await {
+                        tracing::debug!(peer = %Peer(self.peer), error = %e, "STLS handshake failed");
+                        return Ok(());
+                    }
+                    self.stream.tcp()?.set_read_timeout(Some(login_timeout))?;
+                    session.tls_started();
                 }
                 Step::Close => {
                     // Free the maildrop before the final reply, so a client that logs in
                     // again right after QUIT is not told the maildrop is in use.
                     self.release_lock().await;
                     let _ = self.flush(&mut out).await;
+                    if matches!(self.stream, Transport::Tls(_)) {
+                        // close_notify, so clients see a clean TLS end.
+                        let _ = self.stream.close().await;
+                    }
                     self.log_logout(&session, "logout");
                     return Ok(());
                 }
@@ -230,10 +334,47 @@ impl Conn {
         }
     }
 
+    /// Runs the TLS handshake on the plaintext socket, bounded by `tls.handshake_timeout_secs`.
+    async fn start_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = &self.shared.tls else {
+            return Err(io::Error::other("TLS is not configured"));
+        };
+        let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
+        let limit = Duration::from_secs(self.shared.cfg.tls.handshake_timeout_secs);
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Upgrading)
+        else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        tcp.set_read_timeout(Some(limit))?;
+        tcp.set_write_timeout(Some(limit))?;
+        let handshake = async { Some(acceptor.accept(tcp).await) };
+        let deadline = async {
+            glommio::timer::sleep(limit).await;
+            None
+        };
+        match futures_lite::future::or(handshake, deadline).await {
+            Some(Ok(s)) => {
+                s.get_ref().0.set_write_timeout(Some(Duration::from_secs(
+                    self.shared.cfg.limits.idle_timeout_secs,
+                )))?;
+                self.stream = Transport::Tls(Box::new(s));
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+
     async fn flush(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         if !out.is_empty() {
             self.stream.write_all(out).await?;
             out.clear();
+        }
+        if matches!(self.stream, Transport::Tls(_)) {
+            self.stream.flush().await?;
         }
         if out.capacity() > 4096 {
             // Do not keep a large buffer for an idle connection.
@@ -249,10 +390,11 @@ impl Conn {
         mut plan: TransferPlan<'_>,
     ) -> io::Result<()> {
         if let Some(slice) = plan.as_slice() {
-            // Already wire form: straight from the mapping, no copy.
+            // Already wire form: straight from the mapping, no copy (under TLS, rustls's
+            // copy-and-encrypt is the only one).
             self.write_parts(&[out, slice, TERMINATOR]).await?;
             out.clear();
-            return Ok(());
+            return self.flush_tls().await;
         }
         let mut chunk = vec![0u8; CHUNK.min(plan.source().len() * 2 + 64)];
         let n = plan.fill(&mut chunk);
@@ -261,14 +403,31 @@ impl Conn {
         loop {
             let n = plan.fill(&mut chunk);
             if n == 0 {
-                return Ok(());
+                return self.flush_tls().await;
             }
             self.stream.write_all(&chunk[..n]).await?;
         }
     }
 
+    /// rustls buffers: push out what it holds.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        if matches!(self.stream, Transport::Tls(_)) {
+            self.stream.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Writes all `parts` in order, in as few system calls as the socket buffer allows.
     async fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let tcp = match &mut self.stream {
+            Transport::Plain(tcp) => tcp,
+            other => {
+                for p in parts {
+                    other.write_all(p).await?;
+                }
+                return Ok(());
+            }
+        };
         let mut idx = 0;
         let mut off = 0;
         while idx < parts.len() {
@@ -283,12 +442,12 @@ impl Conn {
                 slices[j] = IoSlice::new(if j == 0 { &p[off..] } else { p });
                 k = j + 1;
             }
-            let n = match sys::send_vectored(&self.stream, &slices[..k]) {
+            let n = match sys::send_vectored(&*tcp, &slices[..k]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Socket buffer full: let glommio wait for POLLOUT by writing a small piece.
                     let piece = &parts[idx][off..];
-                    self.stream.write(&piece[..piece.len().min(4096)]).await?
+                    tcp.write(&piece[..piece.len().min(4096)]).await?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
                 Err(e) => return Err(e),

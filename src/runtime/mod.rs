@@ -3,8 +3,9 @@
 //! Owns: the executor pool (one executor pinned per core), per-core listeners sharing a port
 //! through SO_REUSEPORT, the per-connection driver that feeds a [`crate::protocol::Session`]
 //! and carries out its steps ([`conn`]), timeouts, running blocking work (password hashing,
-//! Maildir scans, mapping files, unlinks) on glommio's blocking thread pool, and graceful
-//! shutdown on SIGTERM/SIGINT.
+//! Maildir scans, mapping files, unlinks) on glommio's blocking thread pool, TLS handshakes
+//! (implicit TLS listeners and STLS) with their timeout, graceful shutdown on SIGTERM/SIGINT,
+//! and reloading the TLS certificates on SIGHUP.
 //!
 //! Executor settings measured on this project's machines (see RUNTIME-NOTES.md):
 //! `io_memory(64 KiB)` so that several servers fit an 8 MiB locked-memory limit, and
@@ -33,6 +34,15 @@ pub(crate) struct Shared {
     pub session_cfg: Arc<SessionConfig>,
     pub auth: Arc<dyn Authenticator>,
     pub hostname: String,
+    /// The TLS configuration when a certificate is configured (STLS offered, POP3S served).
+    pub tls: Option<crate::tls::Reloadable>,
+}
+
+/// A listener that is open: its bound address and whether it speaks implicit TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub tls: bool,
 }
 
 /// Loads the passwd-file named by the configuration.
@@ -56,25 +66,39 @@ fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Runs the server until SIGTERM or SIGINT. `on_ready` is called with the bound addresses once
-/// every listener is open (the CLI prints them).
+/// Runs the server until SIGTERM or SIGINT. `on_ready` is called with the bound addresses
+/// (plaintext listeners first, then implicit-TLS ones) once every listener is open.
 pub fn serve(cfg: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
+    serve_with(cfg, |l| {
+        let addrs: Vec<SocketAddr> = l.iter().map(|l| l.addr).collect();
+        on_ready(&addrs)
+    })
+}
+
+/// Like [`serve`], but tells `on_ready` which listeners are implicit TLS (the CLI prints them).
+pub fn serve_with(cfg: Config, on_ready: impl FnOnce(&[Listening])) -> anyhow::Result<()> {
     let auth = load_authenticator(&cfg)?;
+    let tls = crate::tls::server_config(&cfg.tls)?.map(crate::tls::Reloadable::new);
     let threads = match cfg.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     // Listening sockets are made here, before any executor runs, so that port 0 resolves to
     // one port for all shards and binding errors are reported at once.
-    let mut per_shard: Vec<Vec<OwnedFd>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut per_shard: Vec<Vec<(OwnedFd, bool)>> = (0..threads).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for addr in &cfg.server.listen {
+    let all = (cfg.server.listen.iter().map(|a| (a, false)))
+        .chain(cfg.server.listen_tls.iter().map(|a| (a, true)));
+    for (addr, is_tls) in all {
         let (fds, actual) =
             sys::listeners(*addr, threads).with_context(|| format!("cannot listen on {addr}"))?;
         for (shard, fd) in fds.into_iter().enumerate() {
-            per_shard[shard].push(fd);
+            per_shard[shard].push((fd, is_tls));
         }
-        bound.push(actual);
+        bound.push(Listening {
+            addr: actual,
+            tls: is_tls,
+        });
     }
     let hostname = if cfg.server.hostname.is_empty() {
         system_hostname()
@@ -92,6 +116,7 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resul
         session_cfg,
         auth,
         hostname,
+        tls,
     });
 
     // Shutdown: a signal thread drops the only sender; every receiver then wakes at once.
@@ -99,12 +124,19 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resul
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
+    let for_signals = shared.clone();
     std::thread::Builder::new()
         .name("corepop-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    reload_tls(&for_signals);
+                    continue;
+                }
                 tracing::info!(signal = sig, "shutting down");
+                break;
             }
             drop(stop_tx);
         })?;
@@ -135,6 +167,21 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resul
     Ok(())
 }
 
+/// SIGHUP: re-reads the certificate and key files; new connections use them. On error the
+/// old certificates stay in use.
+fn reload_tls(shared: &Shared) {
+    let Some(tls) = &shared.tls else {
+        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match tls.reload(&shared.cfg.tls) {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS reload failed; keeping the old certificates")
+        }
+    }
+}
+
 /// Open connections of one shard, so shutdown can wake idle sessions.
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -160,7 +207,7 @@ impl Registry {
     }
 }
 
-async fn shard(shared: Arc<Shared>, fds: Vec<OwnedFd>, stop: flume::Receiver<()>) {
+async fn shard(shared: Arc<Shared>, fds: Vec<(OwnedFd, bool)>, stop: flume::Receiver<()>) {
     let tq = glommio::executor().create_task_queue(
         Shares::Static(1000),
         Latency::Matters(Duration::from_millis(5)),
@@ -169,7 +216,7 @@ async fn shard(shared: Arc<Shared>, fds: Vec<OwnedFd>, stop: flume::Receiver<()>
     let gate = glommio::sync::Gate::new();
     let registry = std::rc::Rc::new(Registry::default());
     let mut loops = Vec::new();
-    for fd in fds {
+    for (fd, implicit_tls) in fds {
         let listener = sys::adopt_listener(fd);
         let (shared, gate, registry, stop) =
             (shared.clone(), gate.clone(), registry.clone(), stop.clone());
@@ -192,7 +239,7 @@ async fn shard(shared: Arc<Shared>, fds: Vec<OwnedFd>, stop: flume::Receiver<()>
                     }
                 };
                 let id = registry.add(stream.as_raw_fd());
-                let fut = conn::run(stream, shared.clone(), registry.clone(), id);
+                let fut = conn::run(stream, implicit_tls, shared.clone(), registry.clone(), id);
                 if gate.spawn_into(fut, tq).map(|t| t.detach()).is_err() {
                     break;
                 }

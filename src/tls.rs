@@ -1,0 +1,240 @@
+//! TLS: the one shared [`rustls::ServerConfig`] for implicit TLS (POP3S) and STLS.
+//!
+//! Owns: loading certificate chains and private keys from PEM files (with errors that name the
+//! file), checking that each key matches its certificate, choosing a certificate by SNI (the
+//! `[tls]` default when the client sends no name or an unknown one), protocol versions (TLS 1.2
+//! and 1.3 only, ring provider) and session resumption (stateless tickets and a session cache),
+//! and the reloadable holder the runtime reads a fresh config from for each new connection.
+//!
+//! Does not own: sockets, handshakes or timeouts (the runtime does those).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{anyhow, Context as _};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config;
+
+/// Reads a PEM certificate chain (leaf first).
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read certificate file {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("certificate file {}: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!(
+            "certificate file {}: no CERTIFICATE block found",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC; the first one in the file).
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem =
+        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            anyhow!("key file {}: no PRIVATE KEY block found", path.display())
+        }
+        e => anyhow!("key file {}: bad PEM: {e}", path.display()),
+    })
+}
+
+/// Loads one certificate chain and its key, checking that they belong together.
+pub fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain = load_certs(cert)?;
+    let der = load_key(key)?;
+    let ck = CertifiedKey::from_der(chain, der, provider).map_err(|e| {
+        anyhow!(
+            "key file {} does not fit certificate file {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Chooses a certificate by the SNI name; the default one otherwise.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    /// Lower-case exact names, and wildcards stored as `*.rest`.
+    names: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn lookup(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(ck) = self.names.get(&name) {
+            return Some(ck);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.names.get(&format!("*.{parent}"))
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let ck = hello
+            .server_name()
+            .and_then(|n| self.lookup(n))
+            .unwrap_or(&self.default);
+        Some(ck.clone())
+    }
+}
+
+/// Builds the server configuration from `[tls]`; `None` when no certificate is configured.
+pub fn server_config(cfg: &config::Tls) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+    let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
+        return Ok(None);
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let default = load_certified_key(cert, key, &provider)?;
+    let mut names = HashMap::new();
+    for s in &cfg.sni {
+        let ck = load_certified_key(&s.cert, &s.key, &provider)
+            .with_context(|| format!("tls.sni name {:?}", s.name))?;
+        names.insert(s.name.trim_end_matches('.').to_ascii_lowercase(), ck);
+    }
+    let mut sc = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { default, names }));
+    sc.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session ticketer")?;
+    Ok(Some(Arc::new(sc)))
+}
+
+/// The current server configuration, replaceable at run time (SIGHUP) without affecting
+/// connections that already have one.
+pub struct Reloadable {
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Reloadable {
+    pub fn new(sc: Arc<ServerConfig>) -> Self {
+        Self {
+            current: RwLock::new(sc),
+        }
+    }
+
+    /// The configuration for a new handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads the files named by `cfg`; on error the old configuration stays.
+    pub fn reload(&self, cfg: &config::Tls) -> anyhow::Result<()> {
+        let sc = server_config(cfg)?.ok_or_else(|| anyhow!("no certificate configured"))?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = sc;
+        Ok(())
+    }
+}
+
+/// A new self-signed certificate and its key, as PEM (for `corepop demo` and tests).
+pub fn self_signed_pem(names: &[&str]) -> anyhow::Result<(String, String)> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(
+        dir: &Path,
+        tag: &str,
+        names: &[&str],
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (c, k) = self_signed_pem(names).unwrap();
+        let (cp, kp) = (
+            dir.join(format!("{tag}.crt")),
+            dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&cp, c).unwrap();
+        std::fs::write(&kp, k).unwrap();
+        (cp, kp)
+    }
+
+    #[test]
+    fn loads_and_names_files_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c1, k1) = write_pair(dir.path(), "a", &["localhost"]);
+        let (c2, k2) = write_pair(dir.path(), "b", &["pop.example.org"]);
+        let mut cfg = config::Tls {
+            cert: Some(c1.clone()),
+            key: Some(k1.clone()),
+            ..Default::default()
+        };
+        assert!(server_config(&cfg).unwrap().is_some());
+        assert!(server_config(&config::Tls::default()).unwrap().is_none());
+
+        // Mismatched key.
+        cfg.key = Some(k2.clone());
+        let e = format!("{:#}", server_config(&cfg).unwrap_err());
+        assert!(e.contains("does not fit") && e.contains("b.key"), "{e}");
+        // Missing file.
+        cfg.key = Some(dir.path().join("missing.key"));
+        let e = format!("{:#}", server_config(&cfg).unwrap_err());
+        assert!(e.contains("missing.key"), "{e}");
+        // Key file given as certificate.
+        cfg.cert = Some(k1.clone());
+        cfg.key = Some(k1.clone());
+        let e = format!("{:#}", server_config(&cfg).unwrap_err());
+        assert!(e.contains("a.key") && e.contains("CERTIFICATE"), "{e}");
+        // Certificate given as key.
+        cfg.cert = Some(c1.clone());
+        cfg.key = Some(c1.clone());
+        let e = format!("{:#}", server_config(&cfg).unwrap_err());
+        assert!(e.contains("a.crt") && e.contains("PRIVATE KEY"), "{e}");
+        // A bad SNI entry names itself.
+        cfg.key = Some(k1);
+        cfg.sni = vec![config::SniCert {
+            name: "pop.example.org".into(),
+            cert: c2,
+            key: dir.path().join("nope.key"),
+        }];
+        let e = format!("{:#}", server_config(&cfg).unwrap_err());
+        assert!(
+            e.contains("pop.example.org") && e.contains("nope.key"),
+            "{e}"
+        );
+        let _ = k2;
+    }
+
+    #[test]
+    fn sni_lookup() {
+        let provider = rustls::crypto::ring::default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "a", &["x"]);
+        let ck = load_certified_key(&c, &k, &provider).unwrap();
+        let (c2, k2) = write_pair(dir.path(), "b", &["y"]);
+        let other = load_certified_key(&c2, &k2, &provider).unwrap();
+        let mut names = HashMap::new();
+        names.insert("pop.example.org".to_string(), other.clone());
+        names.insert("*.example.net".to_string(), other.clone());
+        let r = SniResolver { default: ck, names };
+        assert!(r.lookup("POP.example.org.").is_some());
+        assert!(r.lookup("a.example.net").is_some());
+        assert!(r.lookup("a.b.example.net").is_none());
+        assert!(r.lookup("example.org").is_none());
+    }
+}
