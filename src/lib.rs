@@ -11,5 +11,6 @@ pub mod config;
 pub mod demo;
 pub mod mailbox;
 pub mod protocol;
+pub mod proxy;
 pub mod runtime;
 pub mod tls;
