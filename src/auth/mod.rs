@@ -23,9 +23,16 @@
 //! - No I/O except reading the passwd-file in [`PasswdFile::load`]. Reloading on
 //!   change (SIGHUP, mtime) is the runtime's job: load a new `PasswdFile` and
 //!   swap it in.
-//! - No failed-login throttling or per-IP penalties (runtime), no SASL
-//!   mechanism state machines (protocol). For APOP the protocol hands over the
+//! - SASL: the mechanism state machines are the protocol's. This module does
+//!   their cryptography: CRAM-MD5 digests ([`Credential::CramMd5`], from a
+//!   plaintext-equivalent or a `{CRAM-MD5}` context), SCRAM secrets
+//!   ([`Authenticator::scram_secret`], from `{SCRAM-SHA-*}` entries or derived
+//!   from plaintext equivalents; stable fake ones for unknown users) and proof
+//!   checks ([`Credential::Scram`]). For APOP the protocol hands over the
 //!   greeting timestamp and the client digest as a [`Credential::Apop`].
+//! - [`cache`]: the cache of successful password verifications, and
+//!   [`penalty`]: the per-IP failure penalty table (pure: the clock is passed
+//!   in; the runtime keeps one table per core and applies the delays).
 //! - No `allow_nets`, `proxy`, `nopassword`, `userdb_uid`… semantics: those
 //!   extra fields are kept, untouched, in [`UserInfo::extra`]. Only `nologin`
 //!   (refuse) and `userdb_mail` ([`UserInfo::mail`]) are interpreted here.
@@ -39,7 +46,9 @@
 //! scheme most common in the file (or a fixed SHA512-CRYPT dummy) and the
 //! result thrown away. Digest comparisons use the `subtle` crate.
 
+pub mod cache;
 mod passwd;
+pub mod penalty;
 pub mod scheme;
 mod username;
 
@@ -48,10 +57,11 @@ use std::path::PathBuf;
 
 use zeroize::Zeroize;
 
+pub use cache::AuthCache;
 pub use passwd::{
     ParseWarning, ParseWarningKind, PasswdEntry, PasswdError, PasswdFile, PasswdOptions,
 };
-pub use scheme::SchemeError;
+pub use scheme::{SchemeError, ScramAlg, ScramSecret};
 pub use username::{validate_username, BadUsername, MAX_USERNAME_LEN};
 
 /// A secret (password bytes), as presented by a client.
@@ -96,6 +106,22 @@ pub enum Credential {
         /// Client digest, 32 hex digits.
         digest_hex: String,
     },
+    /// SASL CRAM-MD5 (RFC 2195): hex HMAC-MD5(secret, challenge). Works for
+    /// plaintext-equivalent and `{CRAM-MD5}` stored passwords.
+    CramMd5 {
+        /// The challenge sent to the client, `<…>` included.
+        challenge: String,
+        /// Client digest, 32 hex digits.
+        digest_hex: String,
+    },
+    /// SASL SCRAM (RFC 5802): the client proof over the exchange's AuthMessage,
+    /// checked against `secret`, which must be what
+    /// [`Authenticator::scram_secret`] returned for the same user.
+    Scram {
+        secret: ScramSecret,
+        auth_message: Vec<u8>,
+        proof: Vec<u8>,
+    },
 }
 
 impl fmt::Debug for Credential {
@@ -104,6 +130,8 @@ impl fmt::Debug for Credential {
         match self {
             Credential::Plain(_) => f.write_str("Credential::Plain(<redacted>)"),
             Credential::Apop { .. } => f.write_str("Credential::Apop(<redacted>)"),
+            Credential::CramMd5 { .. } => f.write_str("Credential::CramMd5(<redacted>)"),
+            Credential::Scram { .. } => f.write_str("Credential::Scram(<redacted>)"),
         }
     }
 }
@@ -157,6 +185,67 @@ pub enum AuthOutcome {
 pub trait Authenticator: Send + Sync + 'static {
     /// Check `cred` for the login name `user` (as sent by the client).
     fn authenticate(&self, user: &str, cred: &Credential) -> AuthOutcome;
+
+    /// The SCRAM secret (salt, iterations, StoredKey, ServerKey) for `user`. For unknown
+    /// users, or users whose stored password cannot do SCRAM with `alg`, a fake secret that
+    /// is the same on every call and costs comparable work, so the server-first message does
+    /// not tell whether the user exists. The default: always the fake.
+    fn scram_secret(&self, user: &str, alg: ScramAlg) -> ScramSecret {
+        fake_scram_secret(user, alg)
+    }
+
+    /// Which challenge-response mechanisms every user with a password can use (so the
+    /// server only advertises what works). The default: none.
+    fn sasl_capabilities(&self) -> SaslCapabilities {
+        SaslCapabilities::default()
+    }
+}
+
+/// Challenge-response mechanisms an [`Authenticator`] can serve for all its users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaslCapabilities {
+    pub cram_md5: bool,
+    pub scram_sha1: bool,
+    pub scram_sha256: bool,
+}
+
+/// A random key made once per process: keys the auth cache and the fake SCRAM secrets.
+pub(crate) fn process_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(rand::random)
+}
+
+/// `SHA-256(process key ‖ label ‖ user)`: per-user values that are stable for the process
+/// and unpredictable to clients.
+pub(crate) fn keyed_hash(label: &[u8], user: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(process_key());
+    h.update((label.len() as u64).to_le_bytes());
+    h.update(label);
+    h.update(user.as_bytes());
+    h.finalize().into()
+}
+
+/// The salt used when SCRAM keys are derived from a plaintext-equivalent password: stable
+/// per user (so repeated attempts see the same salt, as for a stored SCRAM secret).
+pub(crate) fn derived_scram_salt(user: &str) -> [u8; 16] {
+    let h = keyed_hash(b"scram-salt", user);
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&h[..16]);
+    salt
+}
+
+/// A SCRAM secret for a user who cannot log in with SCRAM: derived from an unguessable
+/// password with the same work as a real derivation.
+pub fn fake_scram_secret(user: &str, alg: ScramAlg) -> ScramSecret {
+    let pw = zeroize::Zeroizing::new(keyed_hash(b"scram-fake-password", user));
+    scheme::scram_derive(
+        alg,
+        &pw[..],
+        &derived_scram_salt(user),
+        scheme::SCRAM_DERIVED_ITERATIONS,
+    )
 }
 
 #[cfg(test)]

@@ -33,9 +33,11 @@ use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
+use super::cache::AuthCache;
 use super::scheme::{self, SchemeError};
+use super::scheme::{ScramAlg, ScramSecret};
 use super::username::{validate_username, BadUsername};
-use super::{AuthOutcome, Authenticator, Credential, Secret, UserInfo};
+use super::{AuthOutcome, Authenticator, Credential, SaslCapabilities, Secret, UserInfo};
 
 /// How a passwd-file is interpreted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +275,12 @@ pub struct PasswdFile {
     /// scheme in the file. `None`: use the built-in SHA512-CRYPT dummy.
     timing_reference: Option<String>,
     path: Option<PathBuf>,
+    /// Successful verifications, shared with other `PasswdFile` generations.
+    cache: Option<std::sync::Arc<AuthCache>>,
+    /// Distinguishes this parse from earlier ones in cache keys.
+    generation: u64,
+    /// What every user with a password can do (computed at load).
+    sasl: SaslCapabilities,
 }
 
 impl fmt::Debug for PasswdFile {
@@ -354,13 +362,28 @@ impl PasswdFile {
         }
 
         let timing_reference = pick_timing_reference(&users, &order, &opts);
+        let with_pw = || users.values().filter(|e| e.has_password());
+        let sasl = SaslCapabilities {
+            cram_md5: with_pw().all(|e| scheme::cram_md5_capable(&e.password, &opts)),
+            scram_sha1: with_pw().all(|e| scram_capable(&e.password, ScramAlg::Sha1, &opts)),
+            scram_sha256: with_pw().all(|e| scram_capable(&e.password, ScramAlg::Sha256, &opts)),
+        };
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         PasswdFile {
             users,
             opts,
             warnings,
             timing_reference,
             path: path.map(Path::to_path_buf),
+            cache: None,
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            sasl,
         }
+    }
+
+    /// Caches successful password verifications in `cache` (see [`AuthCache`]).
+    pub fn set_cache(&mut self, cache: std::sync::Arc<AuthCache>) {
+        self.cache = Some(cache);
     }
 
     /// Number of users.
@@ -423,7 +446,19 @@ impl PasswdFile {
             self.burn_time(password);
             return AuthOutcome::Failed;
         };
-        match scheme::verify(&entry.password, password, &self.opts) {
+        let cached = self.cache.as_ref().map(|c| {
+            let key = c.key(&entry.user, self.generation, &entry.password, password);
+            let now = std::time::Instant::now();
+            (c, key, c.hit(&key, now))
+        });
+        let verified = match cached {
+            Some((_, _, true)) => Ok(true),
+            _ => scheme::verify(&entry.password, password, &self.opts),
+        };
+        if let (Ok(true), Some((c, key, false))) = (&verified, cached) {
+            c.insert(key, std::time::Instant::now());
+        }
+        match verified {
             Ok(true) if entry.nologin() => {
                 tracing::info!(user = %entry.user, "login refused: nologin");
                 AuthOutcome::Failed
@@ -470,7 +505,89 @@ impl PasswdFile {
     }
 }
 
+impl PasswdFile {
+    fn finish_ok(&self, entry: &PasswdEntry) -> AuthOutcome {
+        if entry.nologin() {
+            tracing::info!(user = %entry.user, "login refused: nologin");
+            return AuthOutcome::Failed;
+        }
+        AuthOutcome::Ok(entry.user_info())
+    }
+
+    fn check_cram_md5(
+        &self,
+        entry: Option<&PasswdEntry>,
+        challenge: &str,
+        digest_hex: &str,
+    ) -> AuthOutcome {
+        let ok = entry
+            .filter(|e| e.has_password())
+            .and_then(|e| scheme::cram_md5_verify(&e.password, challenge, digest_hex, &self.opts));
+        match (entry, ok) {
+            (Some(e), Some(true)) => self.finish_ok(e),
+            (Some(e), None) if e.has_password() => {
+                tracing::debug!(user = %e.user, "CRAM-MD5 refused: no plaintext-equivalent or CRAM-MD5 password");
+                AuthOutcome::Failed
+            }
+            _ => AuthOutcome::Failed,
+        }
+    }
+
+    fn check_scram(
+        &self,
+        entry: Option<&PasswdEntry>,
+        secret: &ScramSecret,
+        auth_message: &[u8],
+        proof: &[u8],
+    ) -> AuthOutcome {
+        let good = scheme::scram_verify_proof(secret, auth_message, proof);
+        match entry.filter(|e| e.has_password()) {
+            Some(e) if good => self.finish_ok(e),
+            _ => AuthOutcome::Failed,
+        }
+    }
+
+    fn lookup_scram(&self, user: &str, alg: ScramAlg) -> Option<ScramSecret> {
+        validate_username(user).ok()?;
+        let entry = self.lookup(user).filter(|e| e.has_password())?;
+        if let Some(s) = scheme::scram_secret_of(&entry.password, alg, &self.opts) {
+            // Cost what a derived or fake secret costs, so timing does not tell the cases
+            // (unknown user, plaintext entry, stored SCRAM entry) apart.
+            let _ = std::hint::black_box(super::fake_scram_secret(user, alg));
+            return Some(s);
+        }
+        let plain = Zeroizing::new(scheme::plaintext_equivalent_with(
+            &entry.password,
+            &self.opts,
+        )?);
+        if plain.is_empty() || plain.contains(&0) {
+            return None;
+        }
+        Some(scheme::scram_derive(
+            alg,
+            &plain,
+            &super::derived_scram_salt(&entry.user),
+            scheme::SCRAM_DERIVED_ITERATIONS,
+        ))
+    }
+}
+
+fn scram_capable(stored: &str, alg: ScramAlg, opts: &PasswdOptions) -> bool {
+    scheme::scram_secret_of(stored, alg, opts).is_some()
+        || scheme::plaintext_equivalent_with(stored, opts)
+            .is_some_and(|p| !p.is_empty() && !p.contains(&0))
+}
+
 impl Authenticator for PasswdFile {
+    fn scram_secret(&self, user: &str, alg: ScramAlg) -> ScramSecret {
+        self.lookup_scram(user, alg)
+            .unwrap_or_else(|| super::fake_scram_secret(user, alg))
+    }
+
+    fn sasl_capabilities(&self) -> SaslCapabilities {
+        self.sasl
+    }
+
     /// Validate the name (invalid → `Failed`), lowercase it if configured,
     /// look it up and verify. Unknown users, users without a password and
     /// users whose hash cannot be checked all give `Failed` after a
@@ -487,6 +604,15 @@ impl Authenticator for PasswdFile {
                 timestamp,
                 digest_hex,
             } => self.check_apop(entry, timestamp, digest_hex),
+            Credential::CramMd5 {
+                challenge,
+                digest_hex,
+            } => self.check_cram_md5(entry, challenge, digest_hex),
+            Credential::Scram {
+                secret,
+                auth_message,
+                proof,
+            } => self.check_scram(entry, secret, auth_message, proof),
         }
     }
 }
@@ -1011,6 +1137,120 @@ gina:{PLAIN}
                 error: SchemeError::Malformed { .. },
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn sasl_capabilities_and_mechanisms() {
+        let plain = parse("a:{PLAIN}pw\nb:{CRAM-MD5}c0a49b541c47c13e0fed75e90df0510e8e19d265316dbafce5048e1f92c94232\n");
+        let caps = plain.sasl_capabilities();
+        assert!(caps.cram_md5 && !caps.scram_sha256);
+        let mixed = parse(&format!(
+            "a:{{PLAIN}}pw\nb:{}\n",
+            scheme::hash("SCRAM-SHA-256", b"pw").unwrap()
+        ));
+        let caps = mixed.sasl_capabilities();
+        assert!(!caps.cram_md5 && caps.scram_sha256 && !caps.scram_sha1);
+        let hashed = parse(&format!(
+            "a:{}\n",
+            scheme::hash("SHA256-CRYPT", b"pw").unwrap()
+        ));
+        assert_eq!(hashed.sasl_capabilities(), SaslCapabilities::default());
+    }
+
+    #[test]
+    fn cram_md5_and_scram_through_the_authenticator() {
+        let f = parse(&format!(
+            "plain:{{PLAIN}}pencil\nscram:{}\nhashed:{}\nlocked:{{PLAIN}}pencil::::::nologin\n",
+            scheme::hash("SCRAM-SHA-256", b"pencil").unwrap(),
+            scheme::hash("SHA512-CRYPT", b"pencil").unwrap(),
+        ));
+        let ch = "<1.2@host>";
+        let cram = |d: String| Credential::CramMd5 {
+            challenge: ch.into(),
+            digest_hex: d,
+        };
+        let good = scheme::cram_md5_digest(b"pencil", ch);
+        assert!(matches!(
+            f.authenticate("plain", &cram(good.clone())),
+            AuthOutcome::Ok(_)
+        ));
+        assert_eq!(
+            f.authenticate("hashed", &cram(good.clone())),
+            AuthOutcome::Failed
+        );
+        assert_eq!(
+            f.authenticate("nobody", &cram(good.clone())),
+            AuthOutcome::Failed
+        );
+        assert_eq!(f.authenticate("locked", &cram(good)), AuthOutcome::Failed);
+
+        let am = b"n=x,r=1,r=12,s=AA==,i=4096,c=biws,r=12";
+        let try_scram = |user: &str, pw: &[u8]| {
+            let secret = f.scram_secret(user, ScramAlg::Sha256);
+            let proof = scheme::scram_client_proof(
+                ScramAlg::Sha256,
+                pw,
+                &secret.salt,
+                secret.iterations,
+                am,
+            );
+            f.authenticate(
+                user,
+                &Credential::Scram {
+                    secret,
+                    auth_message: am.to_vec(),
+                    proof,
+                },
+            )
+        };
+        assert!(matches!(try_scram("plain", b"pencil"), AuthOutcome::Ok(_)));
+        assert!(matches!(try_scram("scram", b"pencil"), AuthOutcome::Ok(_)));
+        assert_eq!(try_scram("scram", b"pencilx"), AuthOutcome::Failed);
+        assert_eq!(try_scram("hashed", b"pencil"), AuthOutcome::Failed);
+        assert_eq!(try_scram("nobody", b"pencil"), AuthOutcome::Failed);
+        assert_eq!(try_scram("locked", b"pencil"), AuthOutcome::Failed);
+        // Salts are stable per user, for known and unknown users alike.
+        for u in ["plain", "nobody", "hashed"] {
+            let a = f.scram_secret(u, ScramAlg::Sha256);
+            let b = f.scram_secret(u, ScramAlg::Sha256);
+            assert_eq!((a.salt, a.iterations), (b.salt, b.iterations), "{u}");
+        }
+    }
+
+    #[test]
+    fn cache_skips_the_hash_and_never_caches_failures() {
+        use std::sync::Arc;
+        let mut f = parse(&format!(
+            "u:{}\n",
+            scheme::hash("SHA512-CRYPT", b"right").unwrap()
+        ));
+        let cache = Arc::new(AuthCache::new(std::time::Duration::from_secs(60), 100).unwrap());
+        f.set_cache(cache.clone());
+        assert_eq!(f.authenticate("u", &plain("wrong")), AuthOutcome::Failed);
+        assert_eq!(f.authenticate("u", &plain("wrong")), AuthOutcome::Failed);
+        assert!(cache.is_empty(), "failures are never cached");
+        assert!(matches!(
+            f.authenticate("u", &plain("right")),
+            AuthOutcome::Ok(_)
+        ));
+        assert_eq!(cache.len(), 1);
+        assert!(matches!(
+            f.authenticate("u", &plain("right")),
+            AuthOutcome::Ok(_)
+        ));
+        assert_eq!(cache.stats().0, 1, "second login was a hit");
+        assert_eq!(f.authenticate("u", &plain("wrong")), AuthOutcome::Failed);
+        // A changed password (new file generation, new hash) misses.
+        let mut g = parse(&format!(
+            "u:{}\n",
+            scheme::hash("SHA512-CRYPT", b"new").unwrap()
+        ));
+        g.set_cache(cache.clone());
+        assert_eq!(g.authenticate("u", &plain("right")), AuthOutcome::Failed);
+        assert!(matches!(
+            g.authenticate("u", &plain("new")),
+            AuthOutcome::Ok(_)
         ));
     }
 

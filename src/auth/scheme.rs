@@ -967,6 +967,11 @@ const MD5_IV: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
 /// One MD5 compression of `block` starting from the initial state. The
 /// md-5 crate does not expose its state, and CRAM-MD5 stores exactly that.
 fn md5_compress_from_iv(block: &[u8; 64]) -> [u32; 4] {
+    md5_compress(MD5_IV, block)
+}
+
+/// One MD5 compression of `block` starting from `state`.
+fn md5_compress(state: [u32; 4], block: &[u8; 64]) -> [u32; 4] {
     let mut m = [0u32; 16];
     for (i, w) in m.iter_mut().enumerate() {
         *w = u32::from_le_bytes([
@@ -976,7 +981,7 @@ fn md5_compress_from_iv(block: &[u8; 64]) -> [u32; 4] {
             block[4 * i + 3],
         ]);
     }
-    let [mut a, mut b, mut c, mut d] = MD5_IV;
+    let [mut a, mut b, mut c, mut d] = state;
     for i in 0..64 {
         let (f, g) = match i / 16 {
             0 => ((b & c) | (!b & d), i),
@@ -997,11 +1002,246 @@ fn md5_compress_from_iv(block: &[u8; 64]) -> [u32; 4] {
     }
     m.fill(0);
     [
-        MD5_IV[0].wrapping_add(a),
-        MD5_IV[1].wrapping_add(b),
-        MD5_IV[2].wrapping_add(c),
-        MD5_IV[3].wrapping_add(d),
+        state[0].wrapping_add(a),
+        state[1].wrapping_add(b),
+        state[2].wrapping_add(c),
+        state[3].wrapping_add(d),
     ]
+}
+
+/// MD5 of (one 64-byte block already absorbed into `state`) ‖ `data`.
+fn md5_continue(mut state: [u32; 4], data: &[u8]) -> [u8; 16] {
+    let total_bits = ((64 + data.len()) as u64).wrapping_mul(8);
+    let mut tail = Zeroizing::new(data.to_vec());
+    tail.push(0x80);
+    while tail.len() % 64 != 56 {
+        tail.push(0);
+    }
+    tail.extend_from_slice(&total_bits.to_le_bytes());
+    for block in tail.chunks_exact(64) {
+        let block: &[u8; 64] = block.try_into().expect("64-byte chunk");
+        state = md5_compress(state, block);
+    }
+    let mut out = [0u8; 16];
+    for (i, w) in state.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// HMAC-MD5(password, challenge) from a CRAM-MD5 context (outer then inner state).
+fn cram_md5_from_context(context: &[u8; 32], challenge: &[u8]) -> [u8; 16] {
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            context[4 * i],
+            context[4 * i + 1],
+            context[4 * i + 2],
+            context[4 * i + 3],
+        ])
+    };
+    let outer = [word(0), word(1), word(2), word(3)];
+    let inner = [word(4), word(5), word(6), word(7)];
+    let ih = md5_continue(inner, challenge);
+    md5_continue(outer, &ih)
+}
+
+/// Whether `stored` can answer a CRAM-MD5 challenge: a plaintext equivalent or a
+/// `{CRAM-MD5}` context.
+pub fn cram_md5_capable(stored: &str, opts: &PasswdOptions) -> bool {
+    cram_md5_context_of(stored, opts).is_some()
+}
+
+fn cram_md5_context_of(stored: &str, opts: &PasswdOptions) -> Option<Zeroizing<[u8; 32]>> {
+    if let Some(plain) = plaintext_equivalent_with(stored, opts) {
+        let plain = Zeroizing::new(plain);
+        if plain.is_empty() || plain.contains(&0) {
+            return None;
+        }
+        return Some(cram_md5_context(&plain));
+    }
+    let p = parse_stored(stored, &opts.default_scheme).ok()?;
+    if p.def.kind != Kind::CramMd5 {
+        return None;
+    }
+    let raw = Zeroizing::new(decode(p.def, p.explicit_enc, p.data).ok()?.into_owned());
+    let mut ctx = Zeroizing::new([0u8; 32]);
+    if raw.len() != 32 {
+        return None;
+    }
+    ctx.copy_from_slice(&raw);
+    Some(ctx)
+}
+
+/// Check a CRAM-MD5 response (RFC 2195): `digest_hex` is HMAC-MD5(secret, challenge) in hex,
+/// compared case-insensitively in constant time. `None` when `stored` cannot answer
+/// CRAM-MD5 (neither plaintext-equivalent nor `{CRAM-MD5}`).
+pub fn cram_md5_verify(
+    stored: &str,
+    challenge: &str,
+    digest_hex: &str,
+    opts: &PasswdOptions,
+) -> Option<bool> {
+    let ctx = cram_md5_context_of(stored, opts)?;
+    let want = cram_md5_from_context(&ctx, challenge.as_bytes());
+    Some(match hex::decode(digest_hex) {
+        Ok(got) => ct_eq(&got, &want),
+        Err(_) => false,
+    })
+}
+
+/// The RFC 2195 digest for a cleartext password (for clients and tests).
+pub fn cram_md5_digest(password: &[u8], challenge: &str) -> String {
+    hex::encode(cram_md5_from_context(
+        &cram_md5_context(password),
+        challenge.as_bytes(),
+    ))
+}
+
+// ------------------------------------------------------------------- SCRAM (SASL)
+
+/// The hash of a SCRAM mechanism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScramAlg {
+    Sha1,
+    Sha256,
+}
+
+impl ScramAlg {
+    fn alg(self) -> Alg {
+        match self {
+            ScramAlg::Sha1 => Alg::Sha1,
+            ScramAlg::Sha256 => Alg::Sha256,
+        }
+    }
+    /// Digest length in octets.
+    pub fn len(self) -> usize {
+        self.alg().len()
+    }
+    /// Always false (a hash has a length); for clippy.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+}
+
+/// What a SCRAM server needs for one user: salt, iteration count, StoredKey, ServerKey.
+/// Never printed; zeroed on drop.
+pub struct ScramSecret {
+    pub alg: ScramAlg,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Zeroizing<Vec<u8>>,
+    pub server_key: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for ScramSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ScramSecret({:?}, i={}, <redacted>)",
+            self.alg, self.iterations
+        )
+    }
+}
+
+/// Iterations used when SCRAM keys are derived from a plaintext-equivalent password.
+pub const SCRAM_DERIVED_ITERATIONS: u32 = 4096;
+
+/// SCRAM keys derived from a cleartext password (what `{SCRAM-SHA-*}` stores).
+pub fn scram_derive(alg: ScramAlg, password: &[u8], salt: &[u8], iterations: u32) -> ScramSecret {
+    let (stored_key, server_key) = scram_keys(alg.alg(), password, salt, iterations);
+    ScramSecret {
+        alg,
+        salt: salt.to_vec(),
+        iterations,
+        stored_key,
+        server_key,
+    }
+}
+
+/// The SCRAM secret stored in a `{SCRAM-SHA-1}`/`{SCRAM-SHA-256}` entry of the matching
+/// hash; `None` for any other stored form (plaintext equivalents are derived by the caller,
+/// see [`plaintext_equivalent_with`]).
+pub fn scram_secret_of(stored: &str, alg: ScramAlg, opts: &PasswdOptions) -> Option<ScramSecret> {
+    let p = parse_stored(stored, &opts.default_scheme).ok()?;
+    if p.def.kind != Kind::Scram(alg.alg()) {
+        return None;
+    }
+    let raw = Zeroizing::new(decode(p.def, p.explicit_enc, p.data).ok()?.into_owned());
+    let s = std::str::from_utf8(&raw).ok()?;
+    let fields: Vec<&str> = s.split(',').collect();
+    let [iter, salt, stored_key, server_key] = fields[..] else {
+        return None;
+    };
+    let iterations: u32 = iter.parse().ok()?;
+    if !(SCRAM_MIN_ITERATIONS..=SCRAM_MAX_ITERATIONS).contains(&iterations) {
+        return None;
+    }
+    let dec = |f: &str| {
+        B64_LENIENT
+            .decode(f)
+            .ok()
+            .filter(|k| k.len() == alg.len())
+            .map(Zeroizing::new)
+    };
+    Some(ScramSecret {
+        alg,
+        salt: B64_LENIENT.decode(salt).ok()?,
+        iterations,
+        stored_key: dec(stored_key)?,
+        server_key: dec(server_key)?,
+    })
+}
+
+fn hmac_alg(alg: ScramAlg, key: &[u8], parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+    match alg {
+        ScramAlg::Sha1 => Hmac::<Sha1>::new(key).mac(parts),
+        ScramAlg::Sha256 => Hmac::<Sha256>::new(key).mac(parts),
+    }
+}
+
+/// RFC 5802 §3: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); the proof is good
+/// when H(ClientKey) = StoredKey (constant-time).
+pub fn scram_verify_proof(secret: &ScramSecret, auth_message: &[u8], proof: &[u8]) -> bool {
+    let signature = hmac_alg(secret.alg, &secret.stored_key, &[auth_message]);
+    if proof.len() != signature.len() {
+        return false;
+    }
+    let client_key: Zeroizing<Vec<u8>> = Zeroizing::new(
+        proof
+            .iter()
+            .zip(signature.iter())
+            .map(|(a, b)| a ^ b)
+            .collect(),
+    );
+    let h = secret.alg.alg().digest(&[&client_key]);
+    ct_eq(&h, &secret.stored_key)
+}
+
+/// ServerSignature = HMAC(ServerKey, AuthMessage), sent in the server-final message.
+pub fn scram_server_signature(secret: &ScramSecret, auth_message: &[u8]) -> Vec<u8> {
+    hmac_alg(secret.alg, &secret.server_key, &[auth_message]).to_vec()
+}
+
+/// The ClientProof a client computes (for tests and clients).
+pub fn scram_client_proof(
+    alg: ScramAlg,
+    password: &[u8],
+    salt: &[u8],
+    iterations: u32,
+    auth_message: &[u8],
+) -> Vec<u8> {
+    let salted = match alg {
+        ScramAlg::Sha1 => hi::<Sha1>(password, salt, iterations),
+        ScramAlg::Sha256 => hi::<Sha256>(password, salt, iterations),
+    };
+    let client_key = hmac_alg(alg, &salted, &[b"Client Key"]);
+    let stored_key = alg.alg().digest(&[&client_key]);
+    let signature = hmac_alg(alg, &stored_key, &[auth_message]);
+    client_key
+        .iter()
+        .zip(signature.iter())
+        .map(|(a, b)| a ^ b)
+        .collect()
 }
 
 /// Dovecot hmac_md5_get_cram_context(): outer state a,b,c,d then inner
@@ -1735,6 +1975,117 @@ mod tests {
         let long = [b'k'; 100];
         let stored = hash("CRAM-MD5", &long).unwrap();
         assert_eq!(verify(&stored, &long, &opts()), Ok(true));
+    }
+
+    /// RFC 2195's example, from a plaintext password and from a stored CRAM-MD5 context.
+    #[test]
+    fn cram_md5_rfc2195() {
+        let ch = "<1896.697170952@postoffice.reston.mci.net>";
+        let want = "b913a602c7eda7a495b4e6e7334d3890";
+        assert_eq!(cram_md5_digest(b"tanstaaftanstaaf", ch), want);
+        let ctx = hash("CRAM-MD5", b"tanstaaftanstaaf").unwrap();
+        for stored in ["{PLAIN}tanstaaftanstaaf", ctx.as_str()] {
+            assert_eq!(cram_md5_verify(stored, ch, want, &opts()), Some(true));
+            assert_eq!(
+                cram_md5_verify(stored, ch, &want.to_uppercase(), &opts()),
+                Some(true)
+            );
+            assert_eq!(
+                cram_md5_verify(stored, ch, "b913a602c7eda7a495b4e6e7334d3891", &opts()),
+                Some(false)
+            );
+            assert_eq!(cram_md5_verify(stored, ch, "zz", &opts()), Some(false));
+            assert!(cram_md5_capable(stored, &opts()));
+        }
+        // A long challenge (several MD5 blocks) agrees with the plaintext path.
+        let long = "x".repeat(300);
+        let ctx = hash("CRAM-MD5", b"pw").unwrap();
+        let d = cram_md5_digest(b"pw", &long);
+        assert_eq!(cram_md5_verify(&ctx, &long, &d, &opts()), Some(true));
+        // Hashes cannot answer CRAM-MD5.
+        let sha = hash("SHA512-CRYPT", b"pw").unwrap();
+        assert_eq!(cram_md5_verify(&sha, ch, want, &opts()), None);
+        assert!(!cram_md5_capable(&sha, &opts()));
+    }
+
+    /// RFC 7677 §3 (SCRAM-SHA-256) and RFC 5802 §5 (SCRAM-SHA-1): user/pencil.
+    #[test]
+    fn scram_published_vectors() {
+        let cases = [
+            (
+                ScramAlg::Sha256,
+                "W22ZaJ0SNY7soEsUEjb6gQ==",
+                "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+                "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+                "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+            ),
+            (
+                ScramAlg::Sha1,
+                "QSXCR+Q6sek8bf92",
+                "n=user,r=fyko+d2lbbFgONRv9qkxdawL,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096,c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j",
+                "v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+                "rmF9pqV8S7suAoZWja4dJRkFsKQ=",
+            ),
+        ];
+        for (alg, salt, am, proof, sig) in cases {
+            let salt = STANDARD.decode(salt).unwrap();
+            let proof = STANDARD.decode(proof).unwrap();
+            let secret = scram_derive(alg, b"pencil", &salt, 4096);
+            assert!(
+                scram_verify_proof(&secret, am.as_bytes(), &proof),
+                "{alg:?}"
+            );
+            assert_eq!(
+                STANDARD.encode(scram_server_signature(&secret, am.as_bytes())),
+                sig
+            );
+            assert_eq!(
+                scram_client_proof(alg, b"pencil", &salt, 4096, am.as_bytes()),
+                proof
+            );
+            let mut bad = proof.clone();
+            bad[0] ^= 1;
+            assert!(!scram_verify_proof(&secret, am.as_bytes(), &bad));
+            assert!(!scram_verify_proof(&secret, am.as_bytes(), &proof[1..]));
+            // The same secret, stored the way doveadm stores it.
+            let stored = format!(
+                "{{SCRAM-SHA-{}}}4096,{},{},{}",
+                if alg == ScramAlg::Sha1 { "1" } else { "256" },
+                STANDARD.encode(&salt),
+                STANDARD.encode(&secret.stored_key[..]),
+                STANDARD.encode(&secret.server_key[..])
+            );
+            let from_file = scram_secret_of(&stored, alg, &opts()).unwrap();
+            assert!(scram_verify_proof(&from_file, am.as_bytes(), &proof));
+            let other = if alg == ScramAlg::Sha1 {
+                ScramAlg::Sha256
+            } else {
+                ScramAlg::Sha1
+            };
+            assert!(scram_secret_of(&stored, other, &opts()).is_none());
+        }
+    }
+
+    /// The doveadm SCRAM-SHA-256 hash in DOVEADM drives a full exchange.
+    #[test]
+    fn doveadm_scram_sha256_exchange() {
+        let stored = DOVEADM
+            .iter()
+            .find(|(s, _)| *s == "SCRAM-SHA-256")
+            .unwrap()
+            .1;
+        let secret = scram_secret_of(stored, ScramAlg::Sha256, &opts()).unwrap();
+        let am = b"n=u,r=abc,r=abcdef,s=x,i=4096,c=biws,r=abcdef";
+        let proof = scram_client_proof(ScramAlg::Sha256, PW, &secret.salt, secret.iterations, am);
+        assert!(scram_verify_proof(&secret, am, &proof));
+        let wrong = scram_client_proof(
+            ScramAlg::Sha256,
+            b"Xr0ub4dor&3",
+            &secret.salt,
+            secret.iterations,
+            am,
+        );
+        assert!(!scram_verify_proof(&secret, am, &wrong));
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub enum Command<'a> {
     },
     Capa,
     Stls,
+    /// `AUTH [mechanism [initial-response]]` (RFC 5034).
+    Auth {
+        mechanism: Option<&'a str>,
+        initial: Option<&'a str>,
+    },
     Quit,
     Stat,
     List(Option<MsgNum>),
@@ -119,6 +124,10 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
             Command::Apop { user, digest }
         }
         b"CAPA" => Command::Capa,
+        b"AUTH" => Command::Auth {
+            mechanism: arg(),
+            initial: arg(),
+        },
         b"STLS" => Command::Stls,
         b"QUIT" => Command::Quit,
         b"STAT" => Command::Stat,
@@ -188,6 +197,20 @@ mod tests {
                 },
             ),
             (b"CAPA", Capa),
+            (
+                b"AUTH",
+                Auth {
+                    mechanism: None,
+                    initial: None,
+                },
+            ),
+            (
+                b"auth plain AGEAYg==",
+                Auth {
+                    mechanism: Some("plain"),
+                    initial: Some("AGEAYg=="),
+                },
+            ),
             (b"stls", Stls),
             (b"quit", Quit),
             (b"STAT", Stat),
@@ -235,6 +258,7 @@ mod tests {
             (b"STAT 1", BadArguments),
             (b"QUIT now", BadArguments),
             (b"STLS x", BadArguments),
+            (b"AUTH PLAIN x y", BadArguments),
             (b"TOP 1", BadArguments),
             (b"TOP 1 -1", BadArguments),
             (b"TOP 1 18446744073709551616", BadArguments),

@@ -6,7 +6,12 @@
 //! [`Line::TooLong`] and the rest of it is discarded up to its LF, so a hostile client cannot
 //! make the decoder buffer without bound.
 //!
+//! Exception: `AUTH` lines and the client's lines during a SASL exchange may be up to
+//! [`MAX_SASL_LINE`] octets (RFC 5034 §4 exempts them from the 255-octet limit).
+//!
 //! Does not own: interpreting the line (see `command`), reading from sockets.
+
+use super::sasl::MAX_SASL_LINE;
 
 /// Longest command line accepted, including CRLF (RFC 2449 §4: 255 octets).
 pub const MAX_LINE: usize = 255;
@@ -29,6 +34,14 @@ pub struct LineDecoder {
     start: usize,
     /// True while discarding the remainder of an over-long line.
     discarding: bool,
+    /// True during a SASL exchange: every line may be up to [`MAX_SASL_LINE`] octets.
+    sasl: bool,
+}
+
+/// Whether `line` (possibly incomplete) is an `AUTH` command with an argument, which may be
+/// up to [`MAX_SASL_LINE`] octets long (RFC 5034 §4).
+fn is_auth_line(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
 }
 
 impl LineDecoder {
@@ -61,6 +74,19 @@ impl LineDecoder {
         self.discarding = false;
     }
 
+    /// During a SASL exchange, client responses may be up to [`MAX_SASL_LINE`] octets.
+    pub fn set_sasl(&mut self, on: bool) {
+        self.sasl = on;
+    }
+
+    fn limit(&self, line: &[u8]) -> usize {
+        if self.sasl || is_auth_line(line) {
+            MAX_SASL_LINE
+        } else {
+            MAX_LINE
+        }
+    }
+
     /// Releases the buffer's memory when it is empty (keeps idle sessions small).
     pub fn shrink_if_idle(&mut self) {
         if self.buffered() == 0 && self.buf.capacity() > 0 {
@@ -77,7 +103,8 @@ impl LineDecoder {
                 let line_start = self.start;
                 self.start += pos + 1;
                 // The line has pos + 1 octets including its LF (and its CR, if any).
-                if std::mem::take(&mut self.discarding) || pos + 1 > MAX_LINE {
+                let limit = self.limit(pending);
+                if std::mem::take(&mut self.discarding) || pos + 1 > limit {
                     return Some(Line::TooLong);
                 }
                 let mut end = line_start + pos;
@@ -87,7 +114,7 @@ impl LineDecoder {
                 Some(Line::Complete(&self.buf[line_start..end]))
             }
             None => {
-                if pending.len() >= MAX_LINE {
+                if pending.len() >= self.limit(pending) {
                     // No LF within the limit: the line is too long. Forget what we have and
                     // report it once its LF arrives.
                     self.discarding = true;

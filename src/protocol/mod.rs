@@ -9,13 +9,15 @@
 
 pub mod command;
 pub mod line;
+pub mod sasl;
 pub mod session;
 
 pub use command::{Command, MsgNum, ParseError};
 pub use line::{Line, LineDecoder, MAX_LINE};
+pub use sasl::{Mechanism, Mechanisms, SaslError, MAX_SASL_LINE};
 pub use session::{
     AbortReason, ConnInfo, LoginRequest, LoginRequestBox, LoginResult, Maildrop, RetrieveError,
-    Session, SessionConfig, Stats, Step, FLUSH_AT,
+    SaslChallenge, Session, SessionConfig, Stats, Step, FLUSH_AT,
 };
 
 #[cfg(test)]

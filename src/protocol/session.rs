@@ -14,7 +14,16 @@
 //!      [`Session::feed`], poll again.
 //!    - [`Step::Flush`]: `out` is large; write it and poll again.
 //!    - [`Step::Login`]: verify the credentials and open the maildrop, then call
-//!      [`Session::login_done`].
+//!      [`Session::login_done`]. For a [`LoginRequest::Scram`] that verified, first call
+//!      [`Session::set_scram_signature`] with the ServerSignature: the session then answers
+//!      with the SCRAM server-final continuation and waits for the client's empty response
+//!      before `+OK` (RFC 5034 §4: POP3 has no "additional data with success").
+//!    - [`Step::SaslChallenge`]: a CRAM-MD5 or SCRAM exchange needs server data. Make a fresh
+//!      random nonce (printable ASCII without `,`; for CRAM-MD5 the whole `<…@host>`
+//!      challenge) and, for SCRAM, look up the user's salt and iteration count (fake but
+//!      stable ones for unknown users); then call [`Session::sasl_challenge`], which writes the
+//!      `+ ` continuation. The runtime keeps the SCRAM keys it looked up until the
+//!      [`Step::Login`] with the client's proof.
 //!    - [`Step::Retrieve`]: map the message; then call [`Session::retrieve_ready`] (which writes
 //!      the status line) and send `out` followed by the message's wire form and terminator, or
 //!      call [`Session::retrieve_failed`].
@@ -24,10 +33,21 @@
 //!      [`Step::Commit`] came first.
 //! 3. On an idle timeout or shutdown call [`Session::abort`]; it writes a final `-ERR`.
 //!
+//! # SASL (RFC 5034)
+//! `AUTH mech [initial-response]` starts an exchange; while it runs every input line is a
+//! base64 client response (up to [`super::sasl::MAX_SASL_LINE`] octets), `*` cancels. PLAIN and
+//! LOGIN end in the same [`LoginRequest::Pass`] as USER/PASS and follow the same plaintext
+//! policy; CRAM-MD5 ends in [`LoginRequest::CramMd5`], SCRAM in [`LoginRequest::Scram`]
+//! (the session checks nonce and channel-binding data; the proof is checked by the runtime).
+//! `AUTH` alone lists the mechanisms. Malformed base64 or messages, over-long responses and
+//! unknown mechanisms are `-ERR` and count as invalid commands; a refused authorization
+//! identity or a SCRAM nonce mismatch counts as a failed login.
+//!
 //! Time never enters the session: the runtime owns timeouts and delays.
 
 use super::command::{self, Command, MsgNum, ParseError};
 use super::line::{Line, LineDecoder, MAX_LINE};
+use super::sasl::{self, Mechanism, Mechanisms, SaslError, ScramClientFirst};
 
 /// `out` is handed back to the runtime once it holds this many octets.
 pub const FLUSH_AT: usize = 16 * 1024;
@@ -54,6 +74,10 @@ pub struct SessionConfig {
     pub max_bad_commands: u32,
     /// After this many failed logins the session is closed; 0 means never.
     pub max_auth_failures: u32,
+    /// RFC 2449 LOGIN-DELAY seconds advertised in CAPA; 0: not advertised.
+    pub login_delay_secs: u64,
+    /// RFC 2449 EXPIRE value advertised in CAPA (`NEVER` or days); `None`: not advertised.
+    pub expire: Option<String>,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +87,8 @@ impl Default for SessionConfig {
             implementation: "corepop".into(),
             max_bad_commands: 20,
             max_auth_failures: 3,
+            login_delay_secs: 0,
+            expire: None,
         }
     }
 }
@@ -79,6 +105,9 @@ pub struct ConnInfo {
     pub stls: bool,
     /// Whether the connection is already encrypted (implicit TLS).
     pub secure: bool,
+    /// SASL mechanisms the server can verify. PLAIN and LOGIN are withheld (from CAPA and
+    /// AUTH) while plaintext authentication is not allowed on the connection.
+    pub sasl: Mechanisms,
 }
 
 /// Credentials the client presented, for the runtime to verify.
@@ -91,15 +120,41 @@ pub enum LoginRequest {
         timestamp: String,
         digest: String,
     },
+    /// SASL CRAM-MD5: `digest` is the client's lowercase hex HMAC-MD5(secret, challenge).
+    CramMd5 {
+        user: String,
+        challenge: String,
+        digest: String,
+    },
+    /// SASL SCRAM-SHA-1/-256: verify `proof` over `auth_message` with the keys looked up for
+    /// the preceding [`Step::SaslChallenge`].
+    Scram {
+        user: String,
+        mechanism: Mechanism,
+        auth_message: Vec<u8>,
+        proof: Vec<u8>,
+    },
 }
 
 impl LoginRequest {
     /// The username the client gave.
     pub fn user(&self) -> &str {
         match self {
-            LoginRequest::Pass { user, .. } | LoginRequest::Apop { user, .. } => user,
+            LoginRequest::Pass { user, .. }
+            | LoginRequest::Apop { user, .. }
+            | LoginRequest::CramMd5 { user, .. }
+            | LoginRequest::Scram { user, .. } => user,
         }
     }
+}
+
+/// What a [`Step::SaslChallenge`] needs: a nonce for `mechanism`, and for SCRAM the salt and
+/// iteration count of `user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslChallenge {
+    pub mechanism: Mechanism,
+    /// The SCRAM authentication identity; `None` for CRAM-MD5.
+    pub user: Option<String>,
 }
 
 /// Outcome of a login, from the runtime.
@@ -114,6 +169,8 @@ pub enum LoginResult<M> {
     TempFail,
     /// A permanent failure (e.g. misconfigured mail location).
     PermFail,
+    /// Credentials valid, but the user logged in too recently (RFC 2449 LOGIN-DELAY).
+    LoginDelay,
 }
 
 /// Why a message could not be sent.
@@ -134,6 +191,9 @@ pub enum Step {
     Flush,
     /// Verify credentials and open the maildrop; answer with [`Session::login_done`].
     Login(LoginRequestBox),
+    /// A SASL exchange needs a nonce (and SCRAM parameters); answer with
+    /// [`Session::sasl_challenge`].
+    SaslChallenge(Box<SaslChallenge>),
     /// Send message `index` (zero-based); `lines: Some(k)` for TOP (headers + k body lines).
     Retrieve { index: usize, lines: Option<u64> },
     /// Apply the deletions (UPDATE state); answer with [`Session::commit_done`].
@@ -170,8 +230,15 @@ pub struct Stats {
 enum Awaiting {
     Nothing,
     Login,
+    SaslChallenge {
+        mechanism: Mechanism,
+        first: Option<Box<ScramClientFirst>>,
+    },
     Tls,
-    Retrieve { index: usize, top: bool },
+    Retrieve {
+        index: usize,
+        top: bool,
+    },
     Commit,
 }
 
@@ -237,6 +304,29 @@ impl<M: Maildrop> Transaction<M> {
     }
 }
 
+/// Where a SASL exchange is: which client response comes next.
+enum Exchange {
+    Plain,
+    LoginUser,
+    LoginPass {
+        user: String,
+    },
+    CramMd5 {
+        challenge: String,
+    },
+    ScramFirst {
+        mechanism: Mechanism,
+    },
+    ScramFinal {
+        mechanism: Mechanism,
+        first: Box<ScramClientFirst>,
+        nonce: String,
+        server_first: String,
+    },
+    /// SCRAM succeeded and the server-final was sent: waiting for the empty response.
+    Ack,
+}
+
 enum State<M> {
     Authorization { user: Option<String> },
     Transaction(Transaction<M>),
@@ -253,6 +343,8 @@ pub struct Session<M> {
     bad_commands: u32,
     auth_failures: u32,
     stats: Stats,
+    exchange: Option<Exchange>,
+    scram_signature: Option<Vec<u8>>,
 }
 
 fn put_num(out: &mut Vec<u8>, n: u64) {
@@ -288,6 +380,8 @@ impl<M: Maildrop> Session<M> {
             bad_commands: 0,
             auth_failures: 0,
             stats: Stats::default(),
+            exchange: None,
+            scram_signature: None,
         }
     }
 
@@ -369,26 +463,44 @@ impl<M: Maildrop> Session<M> {
                 }
             }
             let mut line = [0u8; MAX_LINE];
+            // AUTH lines and SASL responses may be longer than a command line.
+            let mut long = Vec::new();
             let len = match self.decoder.next_line() {
                 None => return Step::NeedInput,
                 Some(Line::TooLong) => {
-                    self.bad(out, "Line too long.");
+                    if self.exchange.is_some() {
+                        if let Some(step) = self.sasl_fail(out, SaslError::TooLong) {
+                            return step;
+                        }
+                    } else {
+                        self.bad(out, "Line too long.");
+                    }
                     continue;
+                }
+                Some(Line::Complete(l)) if l.len() > MAX_LINE => {
+                    long = l.to_vec();
+                    l.len()
                 }
                 Some(Line::Complete(l)) => {
                     line[..l.len()].copy_from_slice(l);
                     l.len()
                 }
             };
-            let step = match command::parse(&line[..len]) {
-                Ok(cmd) => self.handle(cmd, out),
-                Err(e) => {
-                    self.bad_parse(out, e);
-                    None
+            let bytes: &[u8] = if long.is_empty() { &line[..len] } else { &long };
+            let step = if self.exchange.is_some() {
+                self.sasl_input(bytes, out)
+            } else {
+                match command::parse(bytes) {
+                    Ok(cmd) => self.handle(cmd, out),
+                    Err(e) => {
+                        self.bad_parse(out, e);
+                        None
+                    }
                 }
             };
             // The line may have held a password.
             line.fill(0);
+            long.fill(0);
             if let Some(step) = step {
                 return step;
             }
@@ -417,6 +529,7 @@ impl<M: Maildrop> Session<M> {
                 return None;
             }
             Command::Quit => return self.quit(out),
+            Command::Auth { mechanism, initial } => return self.auth(mechanism, initial, out),
             _ => {}
         }
         let plaintext_ok = self.plaintext_ok();
@@ -558,8 +671,27 @@ impl<M: Maildrop> Session<M> {
         if self.plaintext_ok() {
             out.extend_from_slice(b"USER\r\n");
         }
+        let mechs = self.offered();
+        if !mechs.is_empty() {
+            out.extend_from_slice(b"SASL");
+            for m in mechs.iter() {
+                out.push(b' ');
+                out.extend_from_slice(m.name().as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
         if self.conn.stls && !self.conn.secure {
             out.extend_from_slice(b"STLS\r\n");
+        }
+        if self.cfg.login_delay_secs > 0 {
+            out.extend_from_slice(b"LOGIN-DELAY ");
+            put_num(out, self.cfg.login_delay_secs);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(expire) = &self.cfg.expire {
+            out.extend_from_slice(b"EXPIRE ");
+            out.extend_from_slice(expire.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(
             b"RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION ",
@@ -608,26 +740,273 @@ impl<M: Maildrop> Session<M> {
         self.conn.plaintext_auth || self.conn.secure
     }
 
+    /// Mechanisms offered on this connection now.
+    fn offered(&self) -> Mechanisms {
+        let mut m = self.conn.sasl;
+        if !self.plaintext_ok() {
+            m = m.without(Mechanism::Plain).without(Mechanism::Login);
+        }
+        m
+    }
+
+    /// `AUTH [mechanism [initial-response]]`.
+    fn auth(
+        &mut self,
+        mechanism: Option<&str>,
+        initial: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Option<Step> {
+        let State::Authorization { user } = &mut self.state else {
+            self.bad(out, WRONG_STATE);
+            return None;
+        };
+        *user = None;
+        let Some(name) = mechanism else {
+            // Old Outlook: AUTH without an argument lists the mechanisms.
+            out.extend_from_slice(b"+OK List of supported mechanisms follows.\r\n");
+            for m in self.offered().iter() {
+                out.extend_from_slice(m.name().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            return None;
+        };
+        let mech = match Mechanism::from_name(name).filter(|m| self.conn.sasl.contains(*m)) {
+            None => {
+                self.bad(out, "Unsupported authentication mechanism.");
+                return None;
+            }
+            Some(m) if m.sends_password() && !self.plaintext_ok() => {
+                err(out, PLAINTEXT_REFUSED);
+                return None;
+            }
+            Some(m) => m,
+        };
+        let initial = match initial.map(|ir| sasl::decode_response(ir.as_bytes())) {
+            None => None,
+            Some(Ok(msg)) => Some(msg),
+            Some(Err(e)) => return self.sasl_fail(out, e),
+        };
+        self.decoder.set_sasl(true);
+        let first = match mech {
+            Mechanism::Plain => Exchange::Plain,
+            Mechanism::Login => Exchange::LoginUser,
+            Mechanism::CramMd5 => {
+                if initial.is_some() {
+                    return self.sasl_fail(out, SaslError::Malformed);
+                }
+                self.awaiting = Awaiting::SaslChallenge {
+                    mechanism: mech,
+                    first: None,
+                };
+                return Some(Step::SaslChallenge(Box::new(SaslChallenge {
+                    mechanism: mech,
+                    user: None,
+                })));
+            }
+            Mechanism::ScramSha1 | Mechanism::ScramSha256 => {
+                Exchange::ScramFirst { mechanism: mech }
+            }
+        };
+        match initial {
+            Some(msg) => self.sasl_advance(first, msg, out),
+            None => {
+                let prompt: &[u8] = match first {
+                    Exchange::LoginUser => b"Username:",
+                    _ => b"",
+                };
+                sasl::continuation(out, prompt);
+                self.exchange = Some(first);
+                None
+            }
+        }
+    }
+
+    /// One client response line during an exchange.
+    fn sasl_input(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Step> {
+        let ex = self.exchange.take()?;
+        if let Exchange::Ack = ex {
+            self.decoder.set_sasl(false);
+            if line.is_empty() {
+                ok(out, "Logged in.");
+                return None;
+            }
+            // The client refused our server-final: do not stay logged in.
+            err(out, SaslError::Cancelled.reply());
+            self.finish();
+            return Some(Step::Close);
+        }
+        match sasl::decode_response(line) {
+            Ok(msg) => self.sasl_advance(ex, msg, out),
+            Err(e) => self.sasl_fail(out, e),
+        }
+    }
+
+    /// Feeds a decoded client message to the exchange at `ex`.
+    fn sasl_advance(&mut self, ex: Exchange, mut msg: Vec<u8>, out: &mut Vec<u8>) -> Option<Step> {
+        let r = match ex {
+            Exchange::Plain => sasl::parse_plain(&msg)
+                .map(|(user, password)| LoginRequest::Pass { user, password }),
+            Exchange::LoginUser => match sasl::parse_text(&msg) {
+                Ok(user) => {
+                    sasl::continuation(out, b"Password:");
+                    self.exchange = Some(Exchange::LoginPass { user });
+                    return None;
+                }
+                Err(e) => Err(e),
+            },
+            Exchange::LoginPass { user } => {
+                if msg.is_empty() || msg.contains(&0) {
+                    Err(SaslError::Malformed)
+                } else {
+                    Ok(LoginRequest::Pass {
+                        user,
+                        password: std::mem::take(&mut msg),
+                    })
+                }
+            }
+            Exchange::CramMd5 { challenge } => {
+                sasl::parse_cram_md5(&msg).map(|(user, digest)| LoginRequest::CramMd5 {
+                    user,
+                    challenge,
+                    digest,
+                })
+            }
+            Exchange::ScramFirst { mechanism } => match sasl::parse_scram_client_first(&msg) {
+                Ok(first) => {
+                    let user = first.user.clone();
+                    self.awaiting = Awaiting::SaslChallenge {
+                        mechanism,
+                        first: Some(Box::new(first)),
+                    };
+                    return Some(Step::SaslChallenge(Box::new(SaslChallenge {
+                        mechanism,
+                        user: Some(user),
+                    })));
+                }
+                Err(e) => Err(e),
+            },
+            Exchange::ScramFinal {
+                mechanism,
+                first,
+                nonce,
+                server_first,
+            } => sasl::parse_scram_client_final(
+                &msg,
+                &first.gs2_header,
+                &nonce,
+                mechanism.scram_hash_len(),
+            )
+            .map(|fin| {
+                let auth_message =
+                    format!("{},{},{}", first.bare, server_first, fin.without_proof).into_bytes();
+                LoginRequest::Scram {
+                    user: first.user,
+                    mechanism,
+                    auth_message,
+                    proof: fin.proof,
+                }
+            }),
+            Exchange::Ack => Err(SaslError::Malformed),
+        };
+        msg.fill(0);
+        match r {
+            Ok(req) => {
+                self.decoder.set_sasl(false);
+                self.awaiting = Awaiting::Login;
+                Some(Step::Login(LoginRequestBox(Box::new(req))))
+            }
+            Err(e) => self.sasl_fail(out, e),
+        }
+    }
+
+    /// Ends the exchange with the `-ERR` for `e`.
+    fn sasl_fail(&mut self, out: &mut Vec<u8>, e: SaslError) -> Option<Step> {
+        self.exchange = None;
+        self.decoder.set_sasl(false);
+        match e {
+            SaslError::Cancelled => err(out, e.reply()),
+            SaslError::AuthzidRefused | SaslError::NonceMismatch | SaslError::BindingMismatch => {
+                self.auth_failed(out, e.reply())
+            }
+            _ => self.bad(out, e.reply()),
+        }
+        if self.is_closed() {
+            Some(Step::Close)
+        } else {
+            None
+        }
+    }
+
+    /// A failed login: `-ERR`, and close after too many.
+    fn auth_failed(&mut self, out: &mut Vec<u8>, text: &str) {
+        self.auth_failures += 1;
+        err(out, text);
+        if self.cfg.max_auth_failures > 0 && self.auth_failures >= self.cfg.max_auth_failures {
+            self.state = State::Closed;
+        } else {
+            self.state = State::Authorization { user: None };
+        }
+    }
+
+    /// The answer to a [`Step::SaslChallenge`]: `nonce` is fresh and random (printable ASCII
+    /// without `,`); for CRAM-MD5 it is the whole challenge. `scram` is the user's
+    /// `(salt, iterations)`; `None` for SCRAM means the lookup failed (`-ERR [SYS/TEMP]`).
+    pub fn sasl_challenge(&mut self, out: &mut Vec<u8>, nonce: &str, scram: Option<(&[u8], u32)>) {
+        let Awaiting::SaslChallenge { mechanism, first } =
+            std::mem::replace(&mut self.awaiting, Awaiting::Nothing)
+        else {
+            debug_assert!(false, "sasl_challenge() without Step::SaslChallenge");
+            return;
+        };
+        match (mechanism, first, scram) {
+            (Mechanism::CramMd5, _, _) => {
+                sasl::continuation(out, nonce.as_bytes());
+                self.exchange = Some(Exchange::CramMd5 {
+                    challenge: nonce.to_owned(),
+                });
+            }
+            (_, Some(first), Some((salt, iterations))) => {
+                let server_first =
+                    sasl::scram_server_first(&first.client_nonce, nonce, salt, iterations);
+                sasl::continuation(out, server_first.as_bytes());
+                self.exchange = Some(Exchange::ScramFinal {
+                    mechanism,
+                    nonce: format!("{}{nonce}", first.client_nonce),
+                    first,
+                    server_first,
+                });
+            }
+            _ => {
+                self.decoder.set_sasl(false);
+                err(out, "[SYS/TEMP] Temporary server failure, try again later.");
+            }
+        }
+    }
+
+    /// Before [`Session::login_done`] with `Ok` for a [`LoginRequest::Scram`]: the
+    /// ServerSignature to send in the server-final message.
+    pub fn set_scram_signature(&mut self, signature: Vec<u8>) {
+        self.scram_signature = Some(signature);
+    }
+
     /// The outcome of a [`Step::Login`].
     pub fn login_done(&mut self, out: &mut Vec<u8>, result: LoginResult<M>) {
         debug_assert!(matches!(self.awaiting, Awaiting::Login));
         self.awaiting = Awaiting::Nothing;
+        let signature = self.scram_signature.take();
         match result {
             LoginResult::Ok(drop) => {
-                ok(out, "Logged in.");
+                match signature {
+                    Some(sig) => {
+                        sasl::continuation(out, &sasl::scram_server_final(&sig));
+                        self.exchange = Some(Exchange::Ack);
+                    }
+                    None => ok(out, "Logged in."),
+                }
                 self.state = State::Transaction(Transaction::new(drop));
             }
-            LoginResult::Failed => {
-                self.auth_failures += 1;
-                err(out, AUTH_FAILED);
-                if self.cfg.max_auth_failures > 0
-                    && self.auth_failures >= self.cfg.max_auth_failures
-                {
-                    self.state = State::Closed;
-                } else {
-                    self.state = State::Authorization { user: None };
-                }
-            }
+            LoginResult::Failed => self.auth_failed(out, AUTH_FAILED),
             LoginResult::InUse => {
                 err(out, "[IN-USE] Mailbox is locked by another POP3 session.");
                 self.state = State::Authorization { user: None };
@@ -638,6 +1017,13 @@ impl<M: Maildrop> Session<M> {
             }
             LoginResult::PermFail => {
                 err(out, "[SYS/PERM] Mailbox is unavailable.");
+                self.state = State::Authorization { user: None };
+            }
+            LoginResult::LoginDelay => {
+                err(
+                    out,
+                    "[LOGIN-DELAY] Minimum time between logins not yet passed.",
+                );
                 self.state = State::Authorization { user: None };
             }
         }

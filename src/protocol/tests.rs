@@ -38,6 +38,7 @@ struct Harness {
     closed: bool,
     gone: Option<usize>,
     tls_handshakes: u32,
+    challenges: u32,
 }
 
 impl Harness {
@@ -50,6 +51,7 @@ impl Harness {
             plaintext_auth: plaintext,
             stls: true,
             secure: false,
+            sasl: Mechanisms::all(),
         };
         let s = Session::new(Arc::new(cfg), conn);
         let mut wire = Vec::new();
@@ -64,6 +66,7 @@ impl Harness {
             closed: false,
             gone: None,
             tls_handshakes: 0,
+            challenges: 0,
         }
     }
 
@@ -85,6 +88,29 @@ impl Harness {
                         } => {
                             assert_eq!(timestamp, "<1.2@test>");
                             user == "alice" && digest == &"0".repeat(32)
+                        }
+                        LoginRequest::CramMd5 {
+                            user,
+                            challenge,
+                            digest,
+                        } => {
+                            assert_eq!(challenge, RFC2195_CHALLENGE);
+                            user == "tim" && digest == "b913a602c7eda7a495b4e6e7334d3890"
+                        }
+                        LoginRequest::Scram {
+                            user,
+                            mechanism,
+                            auth_message,
+                            proof,
+                        } => {
+                            let v = scram_vector(*mechanism);
+                            assert_eq!(String::from_utf8_lossy(auth_message), v.auth_message);
+                            let good = user == "user" && B64.encode(proof) == v.proof;
+                            if good {
+                                self.s
+                                    .set_scram_signature(B64.decode(v.server_signature).unwrap());
+                            }
+                            good
                         }
                     };
                     let r = if !ok {
@@ -115,6 +141,19 @@ impl Harness {
                 Step::StartTls => {
                     self.tls_handshakes += 1;
                     self.s.tls_started();
+                }
+                Step::SaslChallenge(ch) => {
+                    self.challenges += 1;
+                    if ch.mechanism == Mechanism::CramMd5 {
+                        assert_eq!(ch.user, None);
+                        self.s
+                            .sasl_challenge(&mut self.out, RFC2195_CHALLENGE, None);
+                    } else {
+                        let v = scram_vector(ch.mechanism);
+                        let salt = B64.decode(v.salt).unwrap();
+                        self.s
+                            .sasl_challenge(&mut self.out, v.server_nonce, Some((&salt, 4096)));
+                    }
                 }
                 Step::Close => {
                     self.closed = true;
@@ -351,7 +390,7 @@ fn capa_same_before_and_after_login() {
     let before = h.send("capa\r\n");
     assert_eq!(
         before,
-        "+OK Capability list follows\r\nTOP\r\nUSER\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION corepop\r\n.\r\n"
+        "+OK Capability list follows\r\nTOP\r\nUSER\r\nSASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUIDL\r\nIMPLEMENTATION corepop\r\n.\r\n"
     );
     h.login();
     assert_eq!(h.send("CAPA\r\n"), before);
@@ -510,4 +549,357 @@ fn stls_not_offered_without_a_certificate() {
     );
     assert!(!h.send("CAPA\r\n").contains("STLS"));
     assert_eq!(h.send("STLS\r\n"), "-ERR STLS is not available.\r\n");
+}
+
+// ---------------------------------------------------------------------------------- SASL
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+const RFC2195_CHALLENGE: &str = "<1896.697170952@postoffice.reston.mci.net>";
+
+/// A published SCRAM exchange (user "user", password "pencil").
+struct ScramVector {
+    client_first: &'static str,
+    server_nonce: &'static str,
+    salt: &'static str,
+    server_first: &'static str,
+    client_final: &'static str,
+    auth_message: &'static str,
+    proof: &'static str,
+    server_signature: &'static str,
+}
+
+/// RFC 7677 §3 (SCRAM-SHA-256) and RFC 5802 §5 (SCRAM-SHA-1).
+fn scram_vector(m: Mechanism) -> ScramVector {
+    match m {
+        Mechanism::ScramSha256 => ScramVector {
+            client_first: "n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            server_nonce: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            salt: "W22ZaJ0SNY7soEsUEjb6gQ==",
+            server_first: "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            client_final: "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            auth_message: "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            proof: "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            server_signature: "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+        },
+        _ => ScramVector {
+            client_first: "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
+            server_nonce: "3rfcNHYJY1ZVvWVs7j",
+            salt: "QSXCR+Q6sek8bf92",
+            server_first: "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+            client_final: "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            auth_message: "n=user,r=fyko+d2lbbFgONRv9qkxdawL,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096,c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j",
+            proof: "v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            server_signature: "rmF9pqV8S7suAoZWja4dJRkFsKQ=",
+        },
+    }
+}
+
+fn b64(s: impl AsRef<[u8]>) -> String {
+    B64.encode(s)
+}
+
+fn cont(s: impl AsRef<[u8]>) -> String {
+    format!("+ {}\r\n", b64(s))
+}
+
+#[test]
+fn capa_lists_sasl_and_auth_lists_mechanisms() {
+    let mut h = Harness::new();
+    let capa = h.send("CAPA\r\n");
+    assert!(
+        capa.contains("\r\nSASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN\r\n"),
+        "{capa}"
+    );
+    assert_eq!(
+        h.send("AUTH\r\n"),
+        "+OK List of supported mechanisms follows.\r\nSCRAM-SHA-256\r\nSCRAM-SHA-1\r\nCRAM-MD5\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+    );
+    // Insecure, non-loopback: PLAIN and LOGIN are withheld, the others stay.
+    let mut h = Harness::with(SessionConfig::default(), false);
+    let capa = h.send("CAPA\r\n");
+    assert!(
+        capa.contains("\r\nSASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5\r\n"),
+        "{capa}"
+    );
+    let plain = b64("\0alice\0secret word");
+    assert!(h
+        .send(&format!("AUTH PLAIN {plain}\r\n"))
+        .starts_with("-ERR [AUTH] Plaintext authentication disallowed"));
+    assert!(h
+        .send("AUTH LOGIN\r\n")
+        .starts_with("-ERR [AUTH] Plaintext authentication disallowed"));
+    // After STLS they are offered.
+    h.send("STLS\r\n");
+    assert!(h.send("CAPA\r\n").contains("CRAM-MD5 PLAIN LOGIN\r\n"));
+    assert_eq!(
+        h.send(&format!("AUTH PLAIN {plain}\r\n")),
+        "+OK Logged in.\r\n"
+    );
+    // Listed in TRANSACTION too (RFC 2449 §5); AUTH itself is not valid there.
+    assert!(h.send("CAPA\r\n").contains("\r\nSASL "));
+    assert_eq!(
+        h.send("AUTH PLAIN\r\n"),
+        "-ERR Command not valid in this state.\r\n"
+    );
+}
+
+#[test]
+fn no_sasl_line_without_mechanisms() {
+    let mut h = Harness::new();
+    h.s = Session::new(
+        Arc::new(SessionConfig::default()),
+        ConnInfo {
+            plaintext_auth: true,
+            ..ConnInfo::default()
+        },
+    );
+    assert!(!h.send("CAPA\r\n").contains("SASL"));
+    assert_eq!(
+        h.send("AUTH PLAIN\r\n"),
+        "-ERR Unsupported authentication mechanism.\r\n"
+    );
+}
+
+#[test]
+fn plain_with_and_without_initial_response() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret word"))),
+        "+OK Logged in.\r\n"
+    );
+    let mut h = Harness::new();
+    assert_eq!(h.send("auth plain\r\n"), "+ \r\n");
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64("alice\0alice\0secret word"))),
+        "+OK Logged in.\r\n"
+    );
+    // Wrong password: the same [AUTH] reply as USER/PASS.
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0nope"))),
+        "-ERR [AUTH] Authentication failed.\r\n"
+    );
+    // Another authorization identity (a master user) is refused.
+    assert_eq!(
+        h.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            b64("bob\0alice\0secret word")
+        )),
+        "-ERR [AUTH] Authorization identity must be empty or the authentication identity.\r\n"
+    );
+    // Third failure closes (max_auth_failures = 3).
+    assert_eq!(
+        h.send("AUTH PLAIN =\r\n"),
+        "-ERR Malformed SASL response.\r\n"
+    );
+    assert!(!h.closed);
+    h.send(&format!("AUTH PLAIN {}\r\n", b64("\0x\0y")));
+    assert!(h.closed);
+}
+
+#[test]
+fn login_mechanism() {
+    let mut h = Harness::new();
+    assert_eq!(h.send("AUTH LOGIN\r\n"), cont("Username:"));
+    assert_eq!(h.send(&format!("{}\r\n", b64("alice"))), cont("Password:"));
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64("secret word"))),
+        "+OK Logged in.\r\n"
+    );
+    // Initial response = the username.
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send(&format!("AUTH LOGIN {}\r\n", b64("alice"))),
+        cont("Password:")
+    );
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64("secret word"))),
+        "+OK Logged in.\r\n"
+    );
+}
+
+#[test]
+fn cram_md5_rfc2195() {
+    let mut h = Harness::new();
+    assert_eq!(h.send("AUTH CRAM-MD5\r\n"), cont(RFC2195_CHALLENGE));
+    assert_eq!(h.challenges, 1);
+    assert_eq!(
+        h.send(&format!(
+            "{}\r\n",
+            b64("tim b913a602c7eda7a495b4e6e7334d3890")
+        )),
+        "+OK Logged in.\r\n"
+    );
+    let mut h = Harness::new();
+    h.send("AUTH CRAM-MD5\r\n");
+    assert_eq!(
+        h.send(&format!(
+            "{}\r\n",
+            b64("tim b913a602c7eda7a495b4e6e7334d3891")
+        )),
+        "-ERR [AUTH] Authentication failed.\r\n"
+    );
+    // CRAM-MD5 has no initial response.
+    assert_eq!(
+        h.send("AUTH CRAM-MD5 dGlt\r\n"),
+        "-ERR Malformed SASL response.\r\n"
+    );
+    h.send("AUTH CRAM-MD5\r\n");
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64("tim nothex"))),
+        "-ERR Malformed SASL response.\r\n"
+    );
+}
+
+#[test]
+fn scram_published_vectors() {
+    for mech in [Mechanism::ScramSha256, Mechanism::ScramSha1] {
+        let v = scram_vector(mech);
+        // Without and with an initial response.
+        for ir in [false, true] {
+            let mut h = Harness::new();
+            let got = if ir {
+                h.send(&format!("AUTH {} {}\r\n", mech.name(), b64(v.client_first)))
+            } else {
+                assert_eq!(h.send(&format!("AUTH {}\r\n", mech.name())), "+ \r\n");
+                h.send(&format!("{}\r\n", b64(v.client_first)))
+            };
+            assert_eq!(got, cont(v.server_first), "{mech:?}");
+            let got = h.send(&format!("{}\r\n", b64(v.client_final)));
+            assert_eq!(got, cont(format!("v={}", v.server_signature)), "{mech:?}");
+            // Logged in only after the client's empty response.
+            assert_eq!(h.send("\r\n"), "+OK Logged in.\r\n");
+            assert_eq!(h.send("STAT\r\n"), "+OK 3 325\r\n");
+        }
+    }
+}
+
+#[test]
+fn scram_errors() {
+    let v = scram_vector(Mechanism::ScramSha256);
+    let start = |h: &mut Harness| {
+        h.send(&format!("AUTH SCRAM-SHA-256 {}\r\n", b64(v.client_first)));
+    };
+    // Wrong nonce in client-final.
+    let mut h = Harness::new();
+    start(&mut h);
+    let bad_nonce = v.client_final.replace("k0,p=", "k1,p=");
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64(bad_nonce))),
+        "-ERR [AUTH] SCRAM nonce mismatch.\r\n"
+    );
+    // Wrong proof: the runtime says no.
+    start(&mut h);
+    let bad_proof = v.client_final.replace("p=dHzb", "p=eHzb");
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64(bad_proof))),
+        "-ERR [AUTH] Authentication failed.\r\n"
+    );
+    assert!(!h.closed, "two failures so far");
+    // Channel binding, c= mismatch, garbage.
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send(&format!(
+            "AUTH SCRAM-SHA-256 {}\r\n",
+            b64("p=tls-server-end-point,,n=user,r=abc")
+        )),
+        "-ERR Channel binding is not supported.\r\n"
+    );
+    start(&mut h);
+    assert_eq!(
+        h.send(&format!(
+            "{}\r\n",
+            b64(v.client_final.replace("c=biws", "c=eSws"))
+        )),
+        "-ERR [AUTH] SCRAM channel binding data mismatch.\r\n"
+    );
+    assert_eq!(
+        h.send(&format!("AUTH SCRAM-SHA-256 {}\r\n", b64("hello"))),
+        "-ERR Malformed SASL response.\r\n"
+    );
+    // The client refuses the server-final: never logged in, closed.
+    let mut h = Harness::new();
+    start(&mut h);
+    h.send(&format!("{}\r\n", b64(v.client_final)));
+    assert_eq!(h.send("*\r\n"), "-ERR [AUTH] Authentication cancelled.\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn sasl_bad_input() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send("AUTH DIGEST-MD5\r\n"),
+        "-ERR Unsupported authentication mechanism.\r\n"
+    );
+    assert_eq!(
+        h.send("AUTH PLAIN !!!!\r\n"),
+        "-ERR Invalid base64 data in SASL response.\r\n"
+    );
+    assert_eq!(h.send("AUTH PLAIN\r\n"), "+ \r\n");
+    assert_eq!(
+        h.send("AGFsaWNl*\r\n"),
+        "-ERR Invalid base64 data in SASL response.\r\n"
+    );
+    // Cancel: not a failed login, the session carries on.
+    assert_eq!(h.send("AUTH LOGIN\r\n"), cont("Username:"));
+    assert_eq!(h.send("*\r\n"), "-ERR [AUTH] Authentication cancelled.\r\n");
+    // Commands during an exchange are responses, not commands.
+    assert_eq!(h.send("AUTH PLAIN\r\n"), "+ \r\n");
+    assert_eq!(
+        h.send("USER alice\r\n"),
+        "-ERR Invalid base64 data in SASL response.\r\n"
+    );
+    // Responses may exceed 255 octets (RFC 5034 §4), but not MAX_SASL_LINE.
+    let long_pw = "p".repeat(400);
+    assert_eq!(
+        h.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            b64(format!("\0alice\0{long_pw}"))
+        )),
+        "-ERR [AUTH] Authentication failed.\r\n"
+    );
+    let mut h = Harness::new();
+    h.send("AUTH PLAIN\r\n");
+    let huge = "A".repeat(MAX_SASL_LINE + 10);
+    assert_eq!(
+        h.send(&format!("{huge}\r\nNOOP\r\n")),
+        "-ERR SASL response too long.\r\n-ERR Command not valid in this state.\r\n"
+    );
+    // Ordinary commands are still limited to 255 octets.
+    assert_eq!(
+        h.send(&format!("NOOP {}\r\n", "x".repeat(300))),
+        "-ERR Line too long.\r\n"
+    );
+    // The session still works.
+    h.login();
+}
+
+#[test]
+fn sasl_transcript_in_chunks() {
+    let v = scram_vector(Mechanism::ScramSha256);
+    let script = format!(
+        "AUTH SCRAM-SHA-256\r\n{}\r\n{}\r\n\r\nSTAT\r\nQUIT\r\n",
+        b64(v.client_first),
+        b64(v.client_final)
+    );
+    let mut whole = Harness::new();
+    whole.send(&script);
+    assert!(whole.closed);
+    let mut size = 1;
+    while size <= 512 {
+        let mut h = Harness::new();
+        for chunk in script.as_bytes().chunks(size) {
+            h.send(std::str::from_utf8(chunk).unwrap());
+        }
+        assert_eq!(h.wire, whole.wire, "chunk size {size}");
+        size *= 2;
+    }
+    let text = String::from_utf8_lossy(&whole.wire).into_owned();
+    assert!(
+        text.ends_with("+OK Logged in.\r\n+OK 3 325\r\n+OK Logging out.\r\n"),
+        "{text}"
+    );
 }
