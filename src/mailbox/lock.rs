@@ -78,13 +78,27 @@ fn process_start(pid: u32) -> Option<u64> {
     after.split(' ').nth(19)?.parse().ok()
 }
 
+/// A token unique to one lock: the process identity plus a sequence number, so releasing an
+/// old lock can never clear a newer one of the same process.
 fn token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let id = identity();
-    format!("{} {} {} {}\n", id.pid, id.start, id.host, id.nonce)
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{} {} {} {} {seq}\n", id.pid, id.start, id.host, id.nonce)
 }
 
-/// Is the lock described by `content` (modified at `mtime`) still held by a live owner?
-fn is_held(content: &str, mtime: Option<SystemTime>) -> bool {
+/// Maildirs whose lock a session of this process holds. The file's token says which process
+/// holds a lock; for this process, this set is the truth: a lock whose release could not be
+/// written (no free descriptor, I/O error) is not left held for the life of the process.
+/// Touched only at login and logout.
+fn held_here() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
+    static HELD: OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+/// Is the lock of `path` described by `content` (modified at `mtime`) held by a live owner?
+fn is_held(path: &Path, content: &str, mtime: Option<SystemTime>) -> bool {
     let mut f = content.split_whitespace();
     let (Some(pid), Some(start), Some(host), Some(nonce)) =
         (f.next(), f.next(), f.next(), f.next())
@@ -100,7 +114,8 @@ fn is_held(content: &str, mtime: Option<SystemTime>) -> bool {
         return false;
     };
     if pid == id.pid {
-        return nonce.parse::<u64>().ok() == Some(id.nonce);
+        return nonce.parse::<u64>().ok() == Some(id.nonce)
+            && held_here().lock().is_ok_and(|h| h.contains(path));
     }
     process_start(pid) == Some(start)
 }
@@ -120,6 +135,8 @@ fn open_locked(path: &Path) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        // Never follow a link planted in the Maildir: the file is truncated and written.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     // flock(2), held only while the token is read or written; closing `f` releases it.
     f.lock()?;
@@ -134,13 +151,17 @@ impl MaildropLock {
         let mut content = String::new();
         let _ = f.read_to_string(&mut content);
         let mtime = f.metadata().and_then(|m| m.modified()).ok();
-        if is_held(&content, mtime) {
+        if is_held(&path, &content, mtime) {
             return Err(LockError::InUse);
         }
         let token = token();
         f.set_len(0)?;
         f.rewind()?;
         f.write_all(token.as_bytes())?;
+        // Still under flock, so no other session of this process can look in between.
+        if let Ok(mut h) = held_here().lock() {
+            h.insert(path.clone());
+        }
         Ok(Self {
             path,
             token,
@@ -156,6 +177,11 @@ impl MaildropLock {
 }
 
 fn release(path: &Path, token: &str) -> io::Result<()> {
+    // Forget it here first: even if the file cannot be rewritten, the lock is free for the
+    // next session of this process.
+    if let Ok(mut h) = held_here().lock() {
+        h.remove(path);
+    }
     let mut f = open_locked(path)?;
     let mut content = String::new();
     f.read_to_string(&mut content)?;
@@ -178,6 +204,19 @@ impl Drop for MaildropLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(matches!(
+            MaildropLock::acquire(dir.path()),
+            Err(LockError::Io(_))
+        ));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
 
     #[test]
     fn exclusive_then_released() {

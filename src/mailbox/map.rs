@@ -30,8 +30,21 @@ pub struct MappedFile {
 impl MappedFile {
     /// Opens and maps `path`. The file descriptor is closed before returning; the mapping
     /// stays valid. Blocking: call it off the executor.
+    ///
+    /// Symbolic links are not followed (`O_NOFOLLOW`), and only regular files are mapped: a
+    /// user who can write into their Maildir must not make the server read other files.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
         Self::from_file(&file)
     }
 
@@ -78,5 +91,10 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         assert_eq!(MappedFile::open(&p).unwrap().bytes(), b"");
         assert!(MappedFile::open(&dir.path().join("missing")).is_err());
+        // Links and non-files are refused.
+        std::fs::write(dir.path().join("target"), b"secret").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("link")).unwrap();
+        assert!(MappedFile::open(&dir.path().join("link")).is_err());
+        assert!(MappedFile::open(dir.path()).is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! The Maildir store.
 //!
 //! Owns: where a user's Maildir is ([`location`]), reading a maildrop snapshot from `new/`
-//! and `cur/` ([`Snapshot::load`]), Maildir file names ([`name`]), the maildrop lock
+//! and `cur/` ([`Snapshot::load_with`]), the persistent per-Maildir index ([`index`]) and the
+//! in-memory copy shared by all cores ([`cache`]), UIDL formats ([`uidl`]), Dovecot's and
+//! Courier's UID lists ([`uidlist`]), Maildir file names ([`name`]), the maildrop lock
 //! ([`lock`]), mapping message files ([`map`], the home of the crate's mmap `unsafe`), turning
 //! stored bytes into wire bytes ([`transfer`]) and the UPDATE-state commit
 //! ([`Snapshot::commit`]).
@@ -13,23 +15,30 @@
 //! ones the client deleted; unlink is atomic, so after a crash at any point each message is
 //! either still there or gone.
 
+pub mod cache;
 pub mod index;
 pub mod location;
 pub mod lock;
 pub mod map;
 pub mod name;
 pub mod transfer;
+pub mod uidl;
+pub mod uidlist;
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+pub use cache::IndexCache;
+pub use index::{Entry, Shape};
 pub use lock::{LockError, MaildropLock};
 pub use map::MappedFile;
 pub use name::MaildirName;
 pub use transfer::{crlf_size, TransferPlan, TERMINATOR};
+pub use uidl::UidlFormat;
 
 /// Which Maildir subdirectory a message was found in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,113 +65,103 @@ pub struct Message {
     /// Size with CRLF line endings (what LIST reports).
     pub octets: u64,
     pub uidl: Box<str>,
+    /// IMAP UID from `dovecot-uidlist` (0: the Maildir has none).
+    pub uid: u32,
+    /// Physical size, line-ending shape, dot-stuffing and body offset, as far as known.
+    pub entry: Entry,
 }
 
-/// The messages of a maildrop at login, in delivery order. Message numbers are positions in
-/// this list and never change during a session.
-#[derive(Debug)]
+/// How UIDLs are chosen (the `[mail]` settings that concern the index).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `mail.uidl_format`; `None`: automatic (see [`Snapshot::load_with`]).
+    pub uidl_format: Option<UidlFormat>,
+}
+
+/// The messages of a maildrop at login, in POP3 order. Message numbers are positions in this
+/// list and never change during a session. Cheap to clone (shared, immutable): sessions on
+/// every core that log in to an unchanged Maildir share one copy through [`IndexCache`].
+#[derive(Debug, Clone)]
 pub struct Snapshot {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     root: PathBuf,
     messages: Vec<Message>,
+    stamp: cache::Stamp,
 }
 
 impl Snapshot {
-    /// Lists `new/` and `cur/` of the Maildir at `root`, creating the Maildir if it does not
-    /// exist yet (a user who never got mail has an empty maildrop). Sizes come from `,W=` in
-    /// the file name when present, otherwise from the index ([`index`]), otherwise from reading
-    /// the file once (and the index is updated).
+    /// [`Snapshot::load_with`] with automatic UIDLs and no shared cache.
     pub fn load(root: &Path) -> io::Result<Snapshot> {
+        Self::load_with(root, &LoadOptions::default(), None)
+    }
+
+    /// Lists `new/` and `cur/` of the Maildir at `root`, creating the Maildir if it does not
+    /// exist yet (a user who never got mail has an empty maildrop). With a `cache`, a Maildir
+    /// unchanged since the cached snapshot (same directory and UID-list stamps, see
+    /// [`cache`]) is not listed again.
+    ///
+    /// Sizes come from the index ([`index`]), else `,W=` in the file name, else Dovecot's `W`
+    /// record, else from reading the file once (and the index is updated).
+    ///
+    /// UIDLs: a `P` record of `dovecot-uidlist` wins; then the configured format. Without one:
+    /// `%08Xu%08Xv` (Dovecot's default) when the Maildir has a `dovecot-uidlist`, Courier's
+    /// `UID<u>-<v>` for messages listed in `courierpop3dsizelist`, otherwise `%f` (the base
+    /// name). A UIDL that is not valid (over 70 characters, characters outside 0x21–0x7E) is
+    /// replaced by `H` + the MD5 of it.
+    ///
+    /// Order: by UID (after any `O` POP3 order records, as Dovecot) when UIDs are in use,
+    /// otherwise delivery order (the seconds of the file name, then `M<usecs>`, then the name).
+    pub fn load_with(
+        root: &Path,
+        opts: &LoadOptions,
+        cache: Option<&IndexCache>,
+    ) -> io::Result<Snapshot> {
         ensure_maildir(root)?;
-        let mut found: Vec<(Sub, String)> = Vec::new();
-        for sub in [Sub::New, Sub::Cur] {
-            for entry in fs::read_dir(root.join(sub.dir()))? {
-                let entry = entry?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    tracing::warn!(dir = %root.display(), "skipping a file name that is not UTF-8");
-                    continue;
-                };
-                if MaildirName::parse(&name).is_some() {
-                    found.push((sub, name));
-                }
+        let stamp = cache::Stamp::read(root)?;
+        if let Some(c) = cache {
+            if let Some(s) = c.get(root, &stamp) {
+                return Ok(s);
             }
         }
-        // Delivery order: by name first, then (stably) by the time fields of the name.
-        found.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-        found.sort_by_cached_key(|(_, name)| {
-            let (secs, usecs, _) = MaildirName::parse(name)
-                .expect("filtered above")
-                .order_key();
-            (secs, usecs)
-        });
-        // The same base in new/ and cur/ (a rename racing the listing) counts once.
-        let mut seen = std::collections::HashSet::with_capacity(found.len());
-        found.retain(|(_, name)| {
-            let base = MaildirName::parse(name).map_or(name.as_str(), |n| n.base);
-            seen.insert(base.to_owned())
-        });
-        let known = index::load(root);
-        let mut misses = 0usize;
-        let mut entries: Vec<index::Entry> = Vec::with_capacity(found.len());
-        let mut messages = Vec::with_capacity(found.len());
-        for (sub, file_name) in found {
-            let parsed = MaildirName::parse(&file_name).expect("filtered above");
-            let entry = match (parsed.crlf_size, known.get(parsed.base)) {
-                (Some(w), _) => index::Entry {
-                    crlf_size: w,
-                    size: parsed.size.unwrap_or(0),
-                },
-                (None, Some(e)) => *e,
-                (None, None) => match MappedFile::open(&root.join(sub.dir()).join(&file_name)) {
-                    Ok(m) => {
-                        misses += 1;
-                        index::Entry {
-                            crlf_size: crlf_size(m.bytes()),
-                            size: m.bytes().len() as u64,
-                        }
-                    }
-                    // Moved or removed by another agent since the listing: not in this snapshot.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                },
-            };
-            let uidl = name::uidl_for_base(parsed.base).into_boxed_str();
-            entries.push(entry);
-            messages.push(Message {
-                sub,
-                file_name: file_name.into_boxed_str(),
-                octets: entry.crlf_size,
-                uidl,
-            });
+        let snapshot = load_uncached(root, opts, stamp)?;
+        if let Some(c) = cache {
+            c.put(root, &snapshot);
         }
-        if misses > 0 || known.len() != messages.len() {
-            let bases = messages
-                .iter()
-                .map(|m| MaildirName::parse(&m.file_name).map_or(&*m.file_name, |n| n.base));
-            let bytes = index::encode(bases.zip(entries.iter().copied()));
-            if let Err(e) = index::store(root, &bytes) {
-                tracing::warn!(dir = %root.display(), error = %e, "cannot write index; will retry at next login");
-            }
-        }
-        Ok(Snapshot {
-            root: root.to_path_buf(),
-            messages,
-        })
+        Ok(snapshot)
     }
 
     /// The Maildir's root.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.inner.root
     }
 
     /// The messages, in message-number order.
     pub fn messages(&self) -> &[Message] {
-        &self.messages
+        &self.inner.messages
+    }
+
+    /// True when both snapshots are the same shared copy.
+    pub fn ptr_eq(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    pub(crate) fn stamp(&self) -> &cache::Stamp {
+        &self.inner.stamp
+    }
+
+    /// How many holders share this snapshot (the cache counts as one).
+    pub(crate) fn shared_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// Path of message `index` as listed at login.
     pub fn path(&self, index: usize) -> PathBuf {
-        let m = &self.messages[index];
-        self.root.join(m.sub.dir()).join(&*m.file_name)
+        let m = &self.inner.messages[index];
+        self.inner.root.join(m.sub.dir()).join(&*m.file_name)
     }
 
     /// Opens and maps message `index`. If another agent moved it (new/ → cur/, or changed its
@@ -171,7 +170,7 @@ impl Snapshot {
         match MappedFile::open(&self.path(index)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let base = self.base(index);
-                match find_by_base(&self.root, base)? {
+                match find_by_base(self.root(), base)? {
                     Some(p) => MappedFile::open(&p),
                     None => Err(e),
                 }
@@ -181,7 +180,7 @@ impl Snapshot {
     }
 
     fn base(&self, index: usize) -> &str {
-        let name = &self.messages[index].file_name;
+        let name = &self.inner.messages[index].file_name;
         MaildirName::parse(name).map_or(name, |n| n.base)
     }
 
@@ -195,7 +194,7 @@ impl Snapshot {
         for &i in indexes {
             let r = match fs::remove_file(self.path(i)) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let map = moved.get_or_insert_with(|| index_by_base(&self.root));
+                    let map = moved.get_or_insert_with(|| index_by_base(self.root()));
                     match map.get(self.base(i)) {
                         Some(p) => match fs::remove_file(p) {
                             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -212,12 +211,257 @@ impl Snapshot {
             }
         }
         for sub in [Sub::New, Sub::Cur] {
-            if let Err(e) = fs::File::open(self.root.join(sub.dir())).and_then(|d| d.sync_all()) {
-                tracing::warn!(dir = %self.root.display(), error = %e, "could not sync Maildir directory");
+            if let Err(e) = fs::File::open(self.root().join(sub.dir())).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %self.root().display(), error = %e, "could not sync Maildir directory");
             }
         }
         failed
     }
+}
+
+/// Lists `new/` then `cur/`: Maildir message names, in delivery order, each base once.
+fn list(root: &Path) -> io::Result<Vec<(Sub, String)>> {
+    let mut found: Vec<(Sub, String)> = Vec::new();
+    for sub in [Sub::New, Sub::Cur] {
+        for entry in fs::read_dir(root.join(sub.dir()))? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::warn!(dir = %root.display(), "skipping a file name that is not UTF-8");
+                continue;
+            };
+            // Only regular files are messages: a symbolic link could point at another user's
+            // mail or any file the server can read; directories and FIFOs are not mail.
+            // (The type comes from readdir itself; no stat per file.)
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                if !name.starts_with('.') {
+                    tracing::warn!(dir = %root.display(), name = %name.escape_debug(), "skipping an entry that is not a regular file");
+                }
+                continue;
+            }
+            if MaildirName::parse(&name).is_some() {
+                found.push((sub, name));
+            }
+        }
+    }
+    // Delivery order: by name first, then (stably) by the time fields of the name.
+    found.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+    found.sort_by_cached_key(|(_, name)| {
+        let (secs, usecs, _) = MaildirName::parse(name)
+            .expect("filtered above")
+            .order_key();
+        (secs, usecs)
+    });
+    // The same base in new/ and cur/ (a rename racing the listing) counts once.
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    found.retain(|(_, name)| {
+        let base = MaildirName::parse(name).map_or(name.as_str(), |n| n.base);
+        seen.insert(base.to_owned())
+    });
+    Ok(found)
+}
+
+fn base_of(name: &str) -> &str {
+    MaildirName::parse(name).map_or(name, |n| n.base)
+}
+
+/// Where the UIDLs of this login come from.
+enum UidSource {
+    /// `dovecot-uidlist` (read, and extended for new mail).
+    Dovecot(uidlist::UidList),
+    /// No UIDs.
+    None,
+}
+
+fn load_uncached(root: &Path, opts: &LoadOptions, stamp: cache::Stamp) -> io::Result<Snapshot> {
+    let found = list(root)?;
+    let dovecot = match uidlist::read_dovecot(root) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            tracing::error!(dir = %root.display(), error = %e, "dovecot-uidlist not understood; not using or changing it");
+            Err(())
+        }
+    };
+    let known = index::load(root);
+    let auto_format;
+    let format = match (&opts.uidl_format, &dovecot) {
+        (Some(f), _) => f,
+        // Automatic UIDLs stick to what this Maildir's clients have already seen, so that a
+        // dovecot-uidlist appearing later (Dovecot IMAP started on the same Maildir) does
+        // not change them.
+        (None, _) if known.format == "%f" || known.format == uidl::DOVECOT_DEFAULT => {
+            auto_format = UidlFormat::parse(&known.format).expect("valid");
+            &auto_format
+        }
+        (None, Ok(Some(_))) => {
+            auto_format = UidlFormat::parse(uidl::DOVECOT_DEFAULT).expect("valid");
+            &auto_format
+        }
+        (None, _) => {
+            auto_format = UidlFormat::parse("%f").expect("valid");
+            &auto_format
+        }
+    };
+    let courier = match &opts.uidl_format {
+        None if format.is_base_name() => uidlist::read_courier(root),
+        _ => None,
+    };
+    // UIDs: when Dovecot keeps them here, or the format needs them (then corepop starts a
+    // dovecot-uidlist itself). New files get theirs under Dovecot's lock.
+    let source = match dovecot {
+        Err(()) => UidSource::None,
+        Ok(list) if list.is_some() || format.needs_uids() => {
+            let known: std::collections::HashSet<&str> = list
+                .as_ref()
+                .map(|l| l.records.iter().map(|r| r.base()).collect())
+                .unwrap_or_default();
+            let missing: Vec<&str> = found
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .filter(|n| !known.contains(base_of(n)))
+                .collect();
+            match list {
+                Some(l) if missing.is_empty() => UidSource::Dovecot(l),
+                list => match uidlist::assign_uids(root, &missing, list.is_none()) {
+                    Ok(l) => UidSource::Dovecot(l),
+                    Err(e) => {
+                        tracing::warn!(dir = %root.display(), error = %e, "cannot add UIDs to dovecot-uidlist; new mail waits for a later login");
+                        match list {
+                            Some(l) => UidSource::Dovecot(l),
+                            None => UidSource::None,
+                        }
+                    }
+                },
+            }
+        }
+        Ok(_) => UidSource::None,
+    };
+    let (uidvalidity, records) = match &source {
+        UidSource::Dovecot(l) => (l.uidvalidity, Some((l, l.by_base()))),
+        UidSource::None => (0, None),
+    };
+    let needs_uids = format.needs_uids() || records.is_some();
+    let uidls_reusable = known.format == format.as_str()
+        && (known.uidvalidity == uidvalidity || !format.needs_uids());
+    let mut dirty = !uidls_reusable;
+    let mut misses = 0usize;
+    let mut messages: Vec<Message> = Vec::with_capacity(found.len());
+    let mut order: Vec<(u64, u32)> = Vec::new();
+    for (sub, file_name) in found {
+        let parsed = MaildirName::parse(&file_name).expect("listed");
+        let base = parsed.base;
+        let rec = records
+            .as_ref()
+            .and_then(|(l, by)| by.get(base).map(|&i| &l.records[i]));
+        let uid = rec.map_or(0, |r| r.uid);
+        if needs_uids && uid == 0 {
+            // No UID could be given (lock busy): this message waits for a later login.
+            continue;
+        }
+        let stored = known.records.get(base);
+        let mut bytes: Option<MappedFile> = None;
+        let read = |bytes: &mut Option<MappedFile>| -> io::Result<bool> {
+            if bytes.is_none() {
+                match MappedFile::open(&root.join(sub.dir()).join(&file_name)) {
+                    Ok(m) => *bytes = Some(m),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(true)
+        };
+        let entry = if let Some(r) = stored {
+            r.entry
+        } else if let Some(w) = parsed.crlf_size {
+            Entry::sizes(w, parsed.size.unwrap_or(0))
+        } else if let Some(w) = rec.and_then(|r| r.ext('W')).and_then(|w| w.parse().ok()) {
+            let s = parsed
+                .size
+                .or_else(|| rec.and_then(|r| r.ext('S')).and_then(|s| s.parse().ok()));
+            Entry::sizes(w, s.unwrap_or(0))
+        } else {
+            // Moved or removed by another agent since the listing: not in this snapshot.
+            if !read(&mut bytes)? {
+                continue;
+            }
+            misses += 1;
+            index::scan(bytes.as_ref().expect("read").bytes())
+        };
+        let saved = rec.and_then(|r| r.ext('P'));
+        let uidl: Box<str> = match (saved, stored) {
+            (Some(p), _) => name::uidl_for_base(p).into(),
+            (None, Some(r)) if uidls_reusable && r.uid == uid => r.uidl.clone(),
+            _ => {
+                dirty = true;
+                if let Some(u) = courier.as_ref().and_then(|c| c.get(base)) {
+                    name::uidl_for_base(u).into()
+                } else {
+                    let md5 = if format.needs_header_md5() {
+                        if !read(&mut bytes)? {
+                            continue;
+                        }
+                        Some(uidl::header_md5(bytes.as_ref().expect("read").bytes()))
+                    } else {
+                        None
+                    };
+                    let vars = uidl::UidlVars {
+                        uid,
+                        uidvalidity,
+                        base,
+                        guid: rec.and_then(|r| r.ext('G')),
+                        header_md5: md5.as_deref(),
+                    };
+                    name::uidl_for_base(&format.expand(&vars)).into()
+                }
+            }
+        };
+        if records.is_some() {
+            let o = rec.and_then(|r| r.ext('O')).and_then(|o| o.parse().ok());
+            order.push((o.unwrap_or(u64::MAX), uid));
+        }
+        messages.push(Message {
+            sub,
+            file_name: file_name.into_boxed_str(),
+            octets: entry.crlf_size,
+            uidl,
+            uid,
+            entry,
+        });
+    }
+    if !order.is_empty() {
+        let mut keyed: Vec<((u64, u32), Message)> = order.into_iter().zip(messages).collect();
+        keyed.sort_by_key(|(k, _)| *k);
+        messages = keyed.into_iter().map(|(_, m)| m).collect();
+    }
+    if dirty || misses > 0 || known.records.len() != messages.len() {
+        let recs: Vec<(&str, index::Record)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    base_of(&m.file_name),
+                    index::Record {
+                        entry: m.entry,
+                        uid: m.uid,
+                        uidl: m.uidl.clone(),
+                    },
+                )
+            })
+            .collect();
+        let bytes = index::encode(
+            format.as_str(),
+            uidvalidity,
+            recs.iter().map(|(b, r)| (*b, r)),
+        );
+        if let Err(e) = index::store(root, &bytes) {
+            tracing::warn!(dir = %root.display(), error = %e, "cannot write index; will retry at next login");
+        }
+    }
+    Ok(Snapshot {
+        inner: Arc::new(Inner {
+            root: root.to_path_buf(),
+            messages,
+            stamp,
+        }),
+    })
 }
 
 /// Creates `root/{cur,new,tmp}` (mode 0700) where missing.
@@ -327,24 +571,21 @@ mod tests {
         let second = Snapshot::load(&root).unwrap();
         assert_eq!(second.messages()[0].octets, first.messages()[0].octets);
         // A damaged index is ignored and rebuilt from the files.
-        fs::write(root.join(index::INDEX_FILE), b"corepop-index 1\nbad").unwrap();
+        fs::write(root.join(index::INDEX_FILE), b"corepop-index 2\nbad").unwrap();
         let third = Snapshot::load(&root).unwrap();
         assert_eq!(third.messages()[0].octets, 12);
-        assert_eq!(index::load(&root).len(), 2);
+        assert_eq!(index::load(&root).records.len(), 2);
         // New mail is indexed; removed mail leaves the index.
         fs::remove_file(root.join("cur/1700000002.M1P1.h:2,S")).unwrap();
         put(&root, "new", "1700000003.M1P1.h", b"d\n");
         let fourth = Snapshot::load(&root).unwrap();
         assert_eq!(fourth.messages().len(), 2);
         let idx = index::load(&root);
-        assert_eq!(idx.len(), 2);
-        assert_eq!(
-            idx["1700000003.M1P1.h"],
-            index::Entry {
-                crlf_size: 3,
-                size: 2
-            }
-        );
+        assert_eq!(idx.records.len(), 2);
+        let r = &idx.records["1700000003.M1P1.h"];
+        assert_eq!((r.entry.crlf_size, r.entry.size), (3, 2));
+        assert_eq!((r.entry.shape, r.entry.dots), (Shape::Lf, Some(false)));
+        assert_eq!(&*r.uidl, "1700000003.M1P1.h");
     }
 
     #[test]
@@ -357,6 +598,211 @@ mod tests {
         fs::create_dir(root.join(index::INDEX_FILE)).unwrap();
         let s = Snapshot::load(&root).unwrap();
         assert_eq!(s.messages()[0].octets, 3);
+    }
+
+    fn uidls(s: &Snapshot) -> Vec<&str> {
+        s.messages().iter().map(|m| &*m.uidl).collect()
+    }
+
+    #[test]
+    fn dovecot_uidlist_gives_uidls_order_and_new_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        // File names in the list are bases; delivery order differs from UID order.
+        put(&root, "cur", "1700000003.M1P1.h:2,S", b"c\n");
+        put(&root, "cur", "1700000001.M1P1.h,S=2,W=3:2,", b"a\n");
+        put(&root, "new", "1700000002.M1P1.h", b"bb\n");
+        put(&root, "new", "no-colon-odd-name", b"x\n");
+        fs::write(
+            root.join(uidlist::DOVECOT_UIDLIST),
+            "3 V1795689417 N12 Gabc\n\
+             5 :1700000003.M1P1.h\n\
+             garbage\n\
+             9 W4 Xunknown :1700000002.M1P1.h\n\
+             9 :dup\n\
+             10 P+saved.uidl :1700000001.M1P1.h,S=2,W=3\n\
+             11 :gone.h\n",
+        )
+        .unwrap();
+        let s = Snapshot::load(&root).unwrap();
+        assert_eq!(
+            uidls(&s),
+            [
+                "000000056b080bc9",
+                "000000096b080bc9",
+                "+saved.uidl",
+                "0000000c6b080bc9"
+            ]
+        );
+        let sizes: Vec<_> = s.messages().iter().map(|m| m.octets).collect();
+        assert_eq!(sizes, [3, 4, 3, 3]);
+        let list = fs::read_to_string(root.join(uidlist::DOVECOT_UIDLIST)).unwrap();
+        assert!(list.starts_with("3 V1795689417 N13 Gabc\n"), "{list}");
+        assert!(
+            list.ends_with("11 :gone.h\n12 :no-colon-odd-name\n"),
+            "{list}"
+        );
+        // Same again from the index; the configured format overrides.
+        assert_eq!(uidls(&Snapshot::load(&root).unwrap()), uidls(&s));
+        let opts = LoadOptions {
+            uidl_format: Some(UidlFormat::parse("%v.%u").unwrap()),
+        };
+        let t = Snapshot::load_with(&root, &opts, None).unwrap();
+        assert_eq!(
+            uidls(&t),
+            [
+                "1795689417.5",
+                "1795689417.9",
+                "+saved.uidl",
+                "1795689417.12"
+            ]
+        );
+        // O records come first, as in Dovecot.
+        let list = list.replace("9 W4 Xunknown", "9 W4 O1 Xunknown");
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST), list).unwrap();
+        assert_eq!(Snapshot::load(&root).unwrap().messages()[0].uid, 9);
+    }
+
+    #[test]
+    fn unusable_uidlist_is_left_alone_and_busy_lock_defers_new_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST), "garbage\n").unwrap();
+        let s = Snapshot::load(&root).unwrap();
+        assert_eq!(uidls(&s), ["1700000001.M1P1.h"]);
+        assert_eq!(
+            fs::read(root.join(uidlist::DOVECOT_UIDLIST)).unwrap(),
+            b"garbage\n"
+        );
+        // A live lock: the new message waits for a later login rather than get no UID.
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST), "3 V7 N1\n").unwrap();
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST_LOCK), "").unwrap();
+        let opts = LoadOptions {
+            uidl_format: Some(UidlFormat::parse(uidl::DOVECOT_DEFAULT).unwrap()),
+        };
+        assert!(Snapshot::load_with(&root, &opts, None)
+            .unwrap()
+            .messages()
+            .is_empty());
+        fs::remove_file(root.join(uidlist::DOVECOT_UIDLIST_LOCK)).unwrap();
+        let s = Snapshot::load_with(&root, &opts, None).unwrap();
+        assert_eq!(uidls(&s), ["0000000100000007"]);
+    }
+
+    #[test]
+    fn courier_uidls_and_sticky_automatic_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "cur", "1700000001.M1P1.h:2,S", b"a\n");
+        put(&root, "new", "1700000002.M1P1.h", b"b\n");
+        fs::write(
+            root.join(uidlist::COURIER_SIZELIST),
+            "/2 4 1234\n1700000001.M1P1.h:2,S 3 3:1234\n",
+        )
+        .unwrap();
+        let s = Snapshot::load(&root).unwrap();
+        assert_eq!(uidls(&s), ["UID3-1234", "1700000002.M1P1.h"]);
+        // Dovecot IMAP starts on this Maildir later: the UIDLs clients know do not change.
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST), "3 V9 N1\n").unwrap();
+        let t = Snapshot::load(&root).unwrap();
+        assert_eq!(uidls(&t), uidls(&s));
+        // An old corepop's version-1 index means base-name UIDLs were served.
+        let dir2 = tempfile::tempdir().unwrap();
+        let root2 = dir2.path().to_path_buf();
+        ensure_maildir(&root2).unwrap();
+        put(&root2, "new", "1700000002.M1P1.h", b"b\n");
+        fs::write(root2.join(uidlist::DOVECOT_UIDLIST), "3 V9 N1\n").unwrap();
+        fs::write(root2.join(index::INDEX_FILE), "corepop-index 1\nend 0 0\n").unwrap();
+        assert_eq!(
+            uidls(&Snapshot::load(&root2).unwrap()),
+            ["1700000002.M1P1.h"]
+        );
+    }
+
+    #[test]
+    fn cache_shares_one_copy_and_sees_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        let cache = IndexCache::new(8);
+        let opts = LoadOptions::default();
+        // Let the directories' times age past the racy window (their change time cannot be
+        // set back), so the snapshot is not "racily clean".
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        for d in ["new", "cur"] {
+            fs::File::open(root.join(d))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        std::thread::sleep(cache::RACY + std::time::Duration::from_millis(100));
+        let a = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
+        let b = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
+        assert!(a.ptr_eq(&b), "second login shares the first one's copy");
+        // A delivery within the same timestamp tick: restore the old mtime to simulate it.
+        put(&root, "new", "1700000002.M1P1.h", b"b\n");
+        fs::File::open(root.join("new"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // The change time (which nobody can set back) still tells.
+        let d = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
+        assert_eq!(d.messages().len(), 2);
+        assert!(!d.ptr_eq(&a));
+        // The old session's view is unchanged.
+        assert_eq!(a.messages().len(), 1);
+        // A fresh (racy) snapshot is never served from the cache.
+        let e = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
+        assert!(!e.ptr_eq(&d));
+    }
+
+    #[test]
+    fn index_is_shared_across_processes_through_the_file() {
+        // Another process = another cache: it reads the index file, not the messages.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n.b\n");
+        let first =
+            Snapshot::load_with(&root, &LoadOptions::default(), Some(&IndexCache::new(1))).unwrap();
+        put(
+            &root,
+            "new",
+            "1700000001.M1P1.h",
+            b"changed behind our back",
+        );
+        let other =
+            Snapshot::load_with(&root, &LoadOptions::default(), Some(&IndexCache::new(1))).unwrap();
+        assert_eq!(other.messages()[0].octets, first.messages()[0].octets);
+        assert_eq!(other.messages()[0].entry.dots, Some(true));
+    }
+
+    #[test]
+    fn file_names_with_line_breaks_are_served_but_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.a\tb\nc", b"y\n");
+        put(&root, "new", "1700000002.M1P1.h", b"x\n");
+        let s = Snapshot::load(&root).unwrap();
+        assert_eq!(s.messages().len(), 2);
+        assert!(name::valid_uidl(&s.messages()[0].uidl));
+        let idx = index::load(&root);
+        assert_eq!(idx.records.len(), 1, "index stays valid, without that name");
+        // With UIDs in use, such a name is never written into dovecot-uidlist.
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST), "3 V5 N1\n").unwrap();
+        let opts = LoadOptions {
+            uidl_format: Some(UidlFormat::parse(uidl::DOVECOT_DEFAULT).unwrap()),
+        };
+        let s = Snapshot::load_with(&root, &opts, None).unwrap();
+        assert_eq!(uidls(&s), ["0000000100000005"]);
+        let list = fs::read_to_string(root.join(uidlist::DOVECOT_UIDLIST)).unwrap();
+        assert_eq!(list, "3 V5 N2\n1 :1700000002.M1P1.h\n");
     }
 
     #[test]

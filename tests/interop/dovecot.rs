@@ -22,6 +22,12 @@ pub struct Dovecot {
 
 impl Dovecot {
     pub fn start(fx: &Fixture) -> Dovecot {
+        Self::start_with(fx, "pop3_uidl_format = %f\n")
+    }
+
+    /// Like [`Dovecot::start`], with `settings` (dovecot.conf lines) instead of the
+    /// `pop3_uidl_format = %f` line; empty settings leave Dovecot's defaults.
+    pub fn start_with(fx: &Fixture, settings: &str) -> Dovecot {
         let run = tempfile::Builder::new()
             .prefix("corepop-dovecot-")
             .tempdir()
@@ -46,7 +52,7 @@ first_valid_uid = 1
 default_login_user = dovenull
 default_internal_user = dovecot
 mail_location = maildir:{root}/mail/%u/Maildir
-pop3_uidl_format = %f
+{settings}
 passdb {{
   driver = passwd-file
   args = {root}/passwd

@@ -1,0 +1,179 @@
+//! The on-disk index end to end: whatever state `corepop-index` is in (written by a crashed
+//! process, by an older version, empty, with flipped bits, impossible to write), LIST and UIDL
+//! are right; and snapshot semantics under concurrent delivery and removal.
+
+mod common;
+
+use std::fs;
+
+use common::{expected_wire, uidl_of, wire_size, Fixture, Pop3Client, Server};
+
+const ROOT_OK: &str = "[privileges]\nallow_root = true\n";
+
+fn fixture() -> (Fixture, Vec<(String, Vec<u8>)>) {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    let samples = fx.deliver_samples("alice");
+    fx.config(ROOT_OK);
+    (fx, samples)
+}
+
+/// LIST sizes and UIDLs, in message order, from a fresh session.
+fn list_and_uidl(srv: &Server) -> (Vec<u64>, Vec<String>) {
+    let mut c = Pop3Client::connect(srv.addr);
+    assert!(c.login("alice", "pw").starts_with("+OK"));
+    let (_, list) = c.multi("LIST");
+    let (_, uidl) = c.multi("UIDL");
+    c.cmd("QUIT");
+    let second = |b: Vec<u8>| -> Vec<String> {
+        String::from_utf8(b)
+            .unwrap()
+            .lines()
+            .filter(|l| *l != ".")
+            .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+            .collect()
+    };
+    (
+        second(list).iter().map(|s| s.parse().unwrap()).collect(),
+        second(uidl),
+    )
+}
+
+fn expected(samples: &[(String, Vec<u8>)]) -> (Vec<u64>, Vec<String>) {
+    (
+        samples.iter().map(|(_, b)| wire_size(b) as u64).collect(),
+        samples.iter().map(|(n, _)| uidl_of(n).to_owned()).collect(),
+    )
+}
+
+#[test]
+fn damaged_or_foreign_indexes_never_give_wrong_answers() {
+    let (fx, samples) = fixture();
+    let md = fx.maildir("alice");
+    let want = expected(&samples);
+    let srv = Server::start(&fx, &[]);
+    assert_eq!(list_and_uidl(&srv), want);
+    let good = fs::read(md.join("corepop-index")).expect("index written at first login");
+    assert!(good.starts_with(b"corepop-index 2\n"));
+
+    let mut flipped = good.clone();
+    let i = good.len() / 2;
+    flipped[i] ^= 0x04;
+    let lies = String::from_utf8(good.clone())
+        .unwrap()
+        .replace(&format!("\t{}\t", wire_size(&samples[0].1)), "\t1\t");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("zero length", Vec::new()),
+        (
+            "truncated (crashed writer)",
+            good[..good.len() - 9].to_vec(),
+        ),
+        ("one flipped bit", flipped),
+        (
+            "older version",
+            b"corepop-index 1\nx\t1\t1\nend 1 0000000000000000\n".to_vec(),
+        ),
+        ("wrong size, stale checksum", lies.into_bytes()),
+        ("garbage", b"\x00\xffnot an index at all".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        fs::write(md.join("corepop-index"), &bytes).unwrap();
+        // Another process's leftovers from a crash, too.
+        fs::write(
+            md.join("corepop-index.tmp.99999.1"),
+            b"corepop-index 2\nhalf",
+        )
+        .unwrap();
+        assert_eq!(list_and_uidl(&srv), want, "{what}");
+        let rewritten = fs::read(md.join("corepop-index")).unwrap();
+        assert!(
+            rewritten.starts_with(b"corepop-index 2\n"),
+            "{what}: rebuilt"
+        );
+    }
+}
+
+#[test]
+fn unwritable_index_leaves_sessions_working_and_is_written_later() {
+    let (fx, samples) = fixture();
+    let md = fx.maildir("alice");
+    // A directory where the index goes: every write fails (like a full disk).
+    fs::create_dir(md.join("corepop-index")).unwrap();
+    let srv = Server::start(&fx, &[]);
+    assert_eq!(list_and_uidl(&srv), expected(&samples));
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    let (st, body) = c.multi("RETR 2");
+    assert!(st.starts_with("+OK"), "{st}");
+    assert_eq!(body, expected_wire(&samples[1].1));
+    c.cmd("QUIT");
+    fs::remove_dir(md.join("corepop-index")).unwrap();
+    // A delivery makes the next login rebuild, and the index is written this time.
+    fx.deliver("alice", "new", "1800000000.M1P1.x", b"Subject: late\n\nx\n");
+    let (sizes, _) = list_and_uidl(&srv);
+    assert_eq!(sizes.len(), samples.len() + 1);
+    assert!(fs::read(md.join("corepop-index"))
+        .unwrap()
+        .starts_with(b"corepop-index 2\n"));
+}
+
+#[test]
+fn odd_file_names_are_served_or_skipped_sensibly() {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    fx.config(ROOT_OK);
+    let names = [
+        "1700000001.M1P1.h",                // no :2,
+        "1700000002.M1P1.h:2,",             // no flags
+        "1700000003.M1P1.h:2,zyxSRF",       // odd/keyword flags
+        "1700000004.M1P1.h:1,experimental", // another info version
+        "1700000005.M1P1.h,S=abc,W=:2,S",   // unparsable sizes: read the file
+        "not-a-maildir-name",
+        &"x".repeat(120), // too long for a UIDL: hashed
+    ];
+    for n in names {
+        fx.deliver("alice", "cur", n, b"Subject: x\n\nbody\n");
+    }
+    fx.deliver("alice", "cur", ".hidden", b"not a message\n");
+    let srv = Server::start(&fx, &[]);
+    let (sizes, uidls) = list_and_uidl(&srv);
+    assert_eq!(sizes, vec![20; names.len()]);
+    assert_eq!(uidls.len(), names.len());
+    for u in &uidls {
+        assert!((1..=70).contains(&u.len()) && u.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+    assert!(uidls.contains(&"not-a-maildir-name".to_owned()));
+    assert!(uidls.contains(&"1700000005.M1P1.h,S=abc,W=".to_owned()));
+}
+
+#[test]
+fn snapshot_semantics_under_concurrent_delivery_and_removal() {
+    let (fx, samples) = fixture();
+    let md = fx.maildir("alice");
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    let stat = c.cmd("STAT");
+    // Arrives during the session: not shown until the next login.
+    fx.deliver("alice", "new", "1800000000.M1P1.x", b"Subject: late\n\nx\n");
+    assert_eq!(c.cmd("STAT"), stat);
+    let n = samples.len();
+    assert!(c.cmd(&format!("LIST {}", n + 1)).starts_with("-ERR"));
+    // Removed by another agent (an IMAP expunge) during the session: RETR fails, no crash.
+    let victim = md.join("cur").join(&samples[5].0);
+    fs::remove_file(&victim).unwrap();
+    let r = c.cmd("RETR 6");
+    assert!(r.starts_with("-ERR"), "{r}");
+    let r = c.cmd("TOP 6 0");
+    assert!(r.starts_with("-ERR"), "{r}");
+    let (st, body) = c.multi("RETR 7");
+    assert!(st.starts_with("+OK"), "{st}");
+    assert_eq!(body, expected_wire(&samples[6].1));
+    assert!(c.cmd("NOOP").starts_with("+OK"));
+    c.cmd("QUIT");
+    // The next login sees both changes.
+    let (sizes, uidls) = list_and_uidl(&srv);
+    assert_eq!(sizes.len(), n);
+    assert!(!uidls.contains(&uidl_of(&samples[5].0).to_owned()));
+    assert_eq!(uidls.last().unwrap(), "1800000000.M1P1.x");
+}
