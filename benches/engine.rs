@@ -137,7 +137,9 @@ fn session(c: &mut Criterion) {
                     Step::Retrieve { .. } => s.retrieve_ready(&mut out),
                     Step::Flush => out.clear(),
                     Step::Commit => s.commit_done(&mut out, 0),
-                    Step::NeedInput | Step::Close | Step::StartTls => break,
+                    Step::NeedInput | Step::Close | Step::StartTls | Step::SaslChallenge(_) => {
+                        break
+                    }
                 }
             }
             out.len()

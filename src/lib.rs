@@ -9,7 +9,9 @@
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod loadgen;
 pub mod mailbox;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod runtime;

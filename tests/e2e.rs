@@ -174,25 +174,55 @@ fn other_agents_moving_or_removing_messages() {
     );
 }
 
+/// Makes a file immutable (chattr +i: even root cannot unlink it) until dropped.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(path: std::path::PathBuf) -> Self {
+        let st = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "chattr +i failed (needs root and a file system with attributes, e.g. ext4)"
+        );
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[test]
 fn failed_unlink_keeps_the_message_and_says_so() {
     let fx = three();
-    // A directory where a message file should be: unlink(2) fails with EISDIR.
     let md = fx.maildir("alice");
-    fs::create_dir(md.join("cur/1700000000.M1P1.h,S=5,W=5:2,S")).unwrap();
     let srv = Server::start(&fx, &[]);
     let mut c = Pop3Client::connect(srv.addr);
     c.login("alice", "pw");
     assert!(c.cmd("DELE 1").starts_with("+OK"));
     assert!(c.cmd("DELE 2").starts_with("+OK"));
+    // Message 1 cannot be unlinked, even by root.
+    let _guard = Immutable::new(md.join("new/1700000001.M1P1.h"));
     let r = c.cmd("QUIT");
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
-    assert!(md.join("cur/1700000000.M1P1.h,S=5,W=5:2,S").is_dir());
+    assert_eq!(
+        fs::read(md.join("new/1700000001.M1P1.h")).unwrap(),
+        M1,
+        "kept whole"
+    );
     assert!(
-        !md.join("new/1700000001.M1P1.h").exists(),
+        !md.join("new/1700000002.M1P1.h").exists(),
         "the other deletion still applies"
     );
-    assert!(md.join("new/1700000002.M1P1.h").exists());
+    assert!(md.join("new/1700000003.M1P1.h").exists());
 }
 
 #[test]

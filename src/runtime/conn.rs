@@ -8,6 +8,13 @@
 //! implicit-TLS listener and after `+OK` to STLS, both bounded by `tls.handshake_timeout_secs`.
 //! Under TLS a message goes from its mapping through rustls (which copies it once, encrypting)
 //! and every write is flushed; the vectored raw `sendmsg` is for plaintext only.
+//!
+//! Logins: credentials (USER/PASS, APOP, SASL) are checked on the blocking pool. For SASL the
+//! driver answers `Step::SaslChallenge` with a random nonce (and, for SCRAM, the user's
+//! `ScramSecret`, looked up on the blocking pool and kept until the proof arrives). Per-IP
+//! penalties (see `Registry::penalty_*`): the delay owed by the client's address is slept on
+//! the executor's timer before the reply to every login attempt, and a failure raises it on
+//! every core before the `-ERR` is sent.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -20,15 +27,20 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
+use super::limits::{self, ConnSlot, UserSlot};
+use super::ops::ListenerSpec;
 use super::{sys, Registry, Shared};
-use crate::auth::{AuthOutcome, Credential, Secret};
+use crate::auth::penalty::ip_key;
+use crate::auth::{scheme, AuthOutcome, Credential, ScramAlg, ScramSecret, Secret};
 use crate::mailbox::{self, location, LockError, MaildropLock, Snapshot, TransferPlan, TERMINATOR};
+use crate::metrics::{LoginOutcome, Penalty, Refusal};
 use crate::protocol::{
-    AbortReason, ConnInfo, LoginRequest, LoginResult, RetrieveError, Session, Step,
+    AbortReason, ConnInfo, LoginRequest, LoginResult, Mechanism, RetrieveError, Session, Step,
 };
 
-/// A logged-in session's view of its maildrop.
-pub(crate) struct Maildrop(Arc<Snapshot>);
+/// A logged-in session's view of its maildrop: one reference to the shared, immutable
+/// snapshot (sizes, UIDLs); the session itself keeps only its deleted marks.
+pub(crate) struct Maildrop(Snapshot);
 
 impl crate::protocol::Maildrop for Maildrop {
     fn count(&self) -> usize {
@@ -122,13 +134,31 @@ impl AsyncWrite for Transport {
 
 /// Runs one connection to its end. On an implicit-TLS listener the TLS handshake comes first.
 pub(crate) async fn run(
-    stream: TcpStream,
-    implicit_tls: bool,
+    mut stream: TcpStream,
+    spec: ListenerSpec,
     shared: Arc<Shared>,
     registry: Rc<Registry>,
     id: u64,
 ) {
-    let peer = stream.peer_addr().ok();
+    let implicit_tls = spec.tls;
+    let mut peer = stream.peer_addr().ok();
+    // Admission: the PROXY header (from trusted networks only) names the real client, whose
+    // address then counts for limits, penalties and logs.
+    let admitted = admit(&mut stream, spec, &shared, &mut peer).await;
+    let slot = match admitted {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            registry.metrics.refused(refusal);
+            if !implicit_tls && matches!(refusal, Refusal::MaxConnections | Refusal::MaxPerIp) {
+                let _ = stream
+                    .write_all(b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n")
+                    .await;
+            }
+            registry.remove(id);
+            registry.metrics.closed();
+            return;
+        }
+    };
     let mut c = Conn {
         stream: Transport::Plain(stream),
         implicit_tls,
@@ -136,12 +166,111 @@ pub(crate) async fn run(
         peer,
         user: None,
         lock: None,
+        scram: None,
+        registry: registry.clone(),
+        sent: 0,
+        received: 0,
+        user_slot: None,
+        _slot: slot,
     };
     if let Err(e) = c.drive(&registry).await {
         tracing::debug!(peer = %Peer(c.peer), error = %e, "connection ended with an error");
     }
     registry.remove(id);
+    registry.metrics.closed();
     c.release_lock().await;
+}
+
+/// Reads the PROXY header on a PROXY listener and takes the connection's place in the
+/// connection limits. `peer` becomes the client the header names.
+async fn admit(
+    stream: &mut TcpStream,
+    spec: ListenerSpec,
+    shared: &Shared,
+    peer: &mut Option<SocketAddr>,
+) -> Result<Option<ConnSlot>, Refusal> {
+    if spec.proxy {
+        let from = *peer;
+        let trusted = from.is_some_and(|p| {
+            shared
+                .cfg
+                .proxy
+                .trusted_networks
+                .iter()
+                .any(|n| n.contains(p.ip()))
+        });
+        if !trusted {
+            tracing::warn!(peer = %Peer(from), "PROXY listener: connection from an untrusted address refused");
+            return Err(Refusal::ProxyUntrusted);
+        }
+        let limit = Duration::from_secs(shared.cfg.proxy.header_timeout_secs);
+        let header =
+            futures_lite::future::or(async { Some(read_proxy_header(stream).await) }, async {
+                glommio::timer::sleep(limit).await;
+                None
+            })
+            .await;
+        match header {
+            Some(Ok(Some(source))) => *peer = Some(source),
+            // LOCAL / UNKNOWN (health checks): the proxy itself is the peer.
+            Some(Ok(None)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(peer = %Peer(from), error = %e, "bad PROXY header; connection closed");
+                return Err(Refusal::ProxyBadHeader);
+            }
+            None => {
+                tracing::warn!(peer = %Peer(from), "no complete PROXY header in time; connection closed");
+                return Err(Refusal::ProxyBadHeader);
+            }
+        }
+    }
+    let Some(p) = *peer else { return Ok(None) };
+    match shared.ops.limits.connect(p.ip()) {
+        Ok(slot) => Ok(Some(slot)),
+        Err(r) => {
+            tracing::info!(peer = %p, limit = ?r, "connection refused: limit reached");
+            Err(if r == limits::Refused::Total {
+                Refusal::MaxConnections
+            } else {
+                Refusal::MaxPerIp
+            })
+        }
+    }
+}
+
+/// Reads exactly the PROXY header (peeking first, so no byte of the session that follows is
+/// taken). `Ok(None)`: a LOCAL/UNKNOWN header.
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+    let mut taken: Vec<u8> = Vec::new();
+    let mut peeked = vec![0u8; 1024];
+    loop {
+        let n = stream.peek(&mut peeked).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the PROXY header ended",
+            ));
+        }
+        let mut all = taken.clone();
+        all.extend_from_slice(&peeked[..n]);
+        match crate::proxy::parse(&all) {
+            Ok(Some((header, used))) => {
+                let mut rest = vec![0u8; used - taken.len()];
+                stream.read_exact(&mut rest).await?;
+                return Ok(header.source);
+            }
+            Ok(None) => {
+                // Everything seen so far is header: take it and wait for more.
+                let mut part = vec![0u8; n];
+                stream.read_exact(&mut part).await?;
+                taken.extend_from_slice(&part);
+                if taken.len() > crate::proxy::V2_MAX {
+                    return Err(io::Error::other("PROXY header too long"));
+                }
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
 }
 
 struct Conn {
@@ -151,6 +280,17 @@ struct Conn {
     peer: Option<SocketAddr>,
     user: Option<String>,
     lock: Option<MaildropLock>,
+    /// The SCRAM secret looked up for the exchange in progress.
+    scram: Option<ScramSecret>,
+    /// This core's registry (metrics).
+    registry: Rc<Registry>,
+    /// Bytes written to / read from the client (plaintext side), for the logout line.
+    sent: u64,
+    received: u64,
+    /// The logged-in user's place in the per-user limit.
+    user_slot: Option<UserSlot>,
+    /// The connection's place in the connection limits, given back on drop.
+    _slot: Option<ConnSlot>,
 }
 
 /// The result of a login attempt done on the blocking pool.
@@ -158,12 +298,18 @@ enum Login {
     Ok {
         user: String,
         lock: MaildropLock,
-        snapshot: Arc<Snapshot>,
+        snapshot: Snapshot,
+        /// SCRAM ServerSignature, for the server-final message.
+        scram_signature: Option<Vec<u8>>,
+        /// The session's place in the per-user limit.
+        user_slot: UserSlot,
     },
     Failed,
     InUse,
     TempFail,
     PermFail,
+    /// Credentials valid, but LOGIN-DELAY or the per-user limit says no.
+    Refused(limits::Refused),
 }
 
 impl Conn {
@@ -172,9 +318,12 @@ impl Conn {
         let cfg = &shared.cfg;
         self.stream.tcp()?.set_nodelay(true)?;
         let login_timeout = Duration::from_secs(cfg.limits.login_timeout_secs);
+        let login_deadline =
+            std::time::Instant::now() + Duration::from_secs(cfg.limits.login_deadline_secs);
         let idle_timeout = Duration::from_secs(cfg.limits.idle_timeout_secs);
         if self.implicit_tls {
             if let Err(e) = self.start_tls().await {
+                self.registry.metrics.tls_handshake_failed();
                 tracing::debug!(peer = %Peer(self.peer), error = %e, "implicit TLS handshake failed");
                 return Ok(());
             }
@@ -190,16 +339,32 @@ impl Conn {
             plaintext_auth: loopback || cfg.auth.insecure_plaintext_auth,
             stls: self.shared.tls.is_some() && !self.implicit_tls,
             secure: self.implicit_tls,
+            sasl: self.shared.sasl,
         };
         let mut session: Session<Maildrop> = Session::new(self.shared.session_cfg.clone(), info);
         let mut out = Vec::with_capacity(256);
         session.greeting(&mut out);
         let mut buf = [0u8; READ_BUF];
+        let mut scan = CommandScan::default();
         loop {
             match session.poll(&mut out) {
                 Step::NeedInput => {
                     self.flush(&mut out).await?;
                     session.shrink_if_idle();
+                    if !session.logged_in() {
+                        // Before login, idle time and total time are both bounded.
+                        let left =
+                            login_deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            session.abort(&mut out, AbortReason::IdleTimeout);
+                            self.flush(&mut out).await?;
+                            self.log_logout(&session, "login deadline");
+                            return Ok(());
+                        }
+                        self.stream
+                            .tcp()?
+                            .set_read_timeout(Some(login_timeout.min(left)))?;
+                    }
                     let n = match self.stream.read(&mut buf).await {
                         Ok(n) => n,
                         // A TLS peer that closed without close_notify: an ordinary disconnect.
@@ -222,17 +387,37 @@ impl Conn {
                         }
                         return Ok(());
                     }
+                    self.received += n as u64;
+                    registry.metrics.received(n);
+                    scan.feed(&buf[..n], &registry.metrics);
                     session.feed(&buf[..n]);
                 }
                 Step::Flush => self.flush(&mut out).await?,
                 Step::Login(req) => {
-                    let result = self.login(*req.0).await;
+                    // A penalised address waits before any reply to its next attempt.
+                    let key = self.peer.map(|p| ip_key(p.ip()));
+                    let owed = key.map_or(Duration::ZERO, |k| registry.penalty_delay(k));
+                    let scram = self.scram.take();
+                    let result = self.login(*req.0, scram).await;
+                    let mut outcome = None;
                     let result = match result {
                         Login::Ok {
                             user,
                             lock,
                             snapshot,
+                            scram_signature,
+                            user_slot,
                         } => {
+                            self.user_slot = Some(user_slot);
+                            if let Some(k) = key {
+                                registry.penalty_success(&self.shared, k);
+                            }
+                            if !owed.is_zero() {
+                                glommio::timer::sleep(owed).await;
+                            }
+                            if let Some(sig) = scram_signature {
+                                session.set_scram_signature(sig);
+                            }
                             tracing::info!(user = %user, peer = %Peer(self.peer), messages = snapshot.messages().len(), "login");
                             self.user = Some(user);
                             self.lock = Some(lock);
@@ -240,17 +425,63 @@ impl Conn {
                             LoginResult::Ok(Maildrop(snapshot))
                         }
                         Login::Failed => {
-                            let delay = self.shared.cfg.auth.failure_delay_ms;
-                            if delay > 0 {
-                                glommio::timer::sleep(Duration::from_millis(delay)).await;
+                            if let Some(k) = key {
+                                let (level, delay) = registry.penalty_failure(&self.shared, k);
+                                if level > 0 {
+                                    tracing::info!(
+                                        peer = %Peer(self.peer),
+                                        shard = registry.shard(),
+                                        penalty = level,
+                                        delay_ms = delay.as_millis() as u64,
+                                        "login penalty"
+                                    );
+                                }
+                                let delay = delay.max(owed);
+                                if !delay.is_zero() {
+                                    self.registry.metrics.penalty(Penalty::AuthFailureDelay);
+                                    glommio::timer::sleep(delay).await;
+                                }
                             }
                             LoginResult::Failed
                         }
                         Login::InUse => LoginResult::InUse,
                         Login::TempFail => LoginResult::TempFail,
                         Login::PermFail => LoginResult::PermFail,
+                        Login::Refused(limits::Refused::LoginDelay) => LoginResult::LoginDelay,
+                        Login::Refused(_) => {
+                            outcome = Some(LoginOutcome::MaxPerUser);
+                            LoginResult::InUse
+                        }
                     };
+                    self.count_login(&result, outcome);
                     session.login_done(&mut out, result);
+                    if session.is_closed() && !session.logged_in() {
+                        self.registry.metrics.penalty(Penalty::AuthFailuresClose);
+                    }
+                }
+                Step::SaslChallenge(ch) => {
+                    let nonce = random_nonce();
+                    match ch.mechanism {
+                        Mechanism::CramMd5 => {
+                            let challenge = format!("<{nonce}@{}>", self.shared.hostname);
+                            session.sasl_challenge(&mut out, &challenge, None);
+                        }
+                        mech => {
+                            let alg = scram_alg(mech);
+                            let user = ch.user.clone().unwrap_or_default();
+                            let auth = self.shared.auth.clone();
+                            // May derive keys from a plaintext password (PBKDF2): off the executor.
+                            let secret = glommio::executor()
+                                .spawn_blocking(move || auth.scram_secret(&user, alg))
+                                .await;
+                            session.sasl_challenge(
+                                &mut out,
+                                &nonce,
+                                Some((&secret.salt, secret.iterations)),
+                            );
+                            self.scram = Some(secret);
+                        }
+                    }
                 }
                 Step::Retrieve { index, lines } => {
                     let Some(Maildrop(snapshot)) = session.maildrop() else {
@@ -258,6 +489,7 @@ impl Conn {
                         continue;
                     };
                     let snapshot = snapshot.clone();
+                    let started = std::time::Instant::now();
                     let mapped = glommio::executor()
                         .spawn_blocking(move || snapshot.open(index))
                         .await;
@@ -272,6 +504,9 @@ impl Conn {
                                 session.count_top_octets(plan.source().len() as u64);
                             }
                             self.send_message(&mut out, plan).await?;
+                            self.registry
+                                .metrics
+                                .retrieved(lines.is_some(), started.elapsed());
                         }
                         Err(e) => {
                             tracing::warn!(user = ?self.user, index, error = %e, "cannot open message");
@@ -289,9 +524,13 @@ impl Conn {
                     let failed = match session.maildrop() {
                         Some(Maildrop(snapshot)) => {
                             let snapshot = snapshot.clone();
-                            glommio::executor()
+                            // Shutdown waits for this UPDATE to finish, even past its grace.
+                            registry.committing.set(registry.committing.get() + 1);
+                            let failed = glommio::executor()
                                 .spawn_blocking(move || snapshot.commit(&indexes))
-                                .await
+                                .await;
+                            registry.committing.set(registry.committing.get() - 1);
+                            failed
                         }
                         None => indexes.len(),
                     };
@@ -301,6 +540,7 @@ impl Conn {
                     // The session has already dropped anything pipelined behind STLS.
                     self.flush(&mut out).await?;
                     if let Err(e) = self.start_tls().await {
+                        self.registry.metrics.tls_handshake_failed();
                         tracing::debug!(peer = %Peer(self.peer), error = %e, "STLS handshake failed");
                         return Ok(());
                     }
@@ -370,6 +610,7 @@ impl Conn {
 
     async fn flush(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         if !out.is_empty() {
+            self.count_sent(out.len());
             self.stream.write_all(out).await?;
             out.clear();
         }
@@ -405,6 +646,7 @@ impl Conn {
             if n == 0 {
                 return self.flush_tls().await;
             }
+            self.count_sent(n);
             self.stream.write_all(&chunk[..n]).await?;
         }
     }
@@ -419,6 +661,7 @@ impl Conn {
 
     /// Writes all `parts` in order, in as few system calls as the socket buffer allows.
     async fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        self.count_sent(parts.iter().map(|p| p.len()).sum());
         let tcp = match &mut self.stream {
             Transport::Plain(tcp) => tcp,
             other => {
@@ -468,10 +711,10 @@ impl Conn {
         Ok(())
     }
 
-    async fn login(&self, req: LoginRequest) -> Login {
+    async fn login(&self, req: LoginRequest, scram: Option<ScramSecret>) -> Login {
         let shared = self.shared.clone();
         glommio::executor()
-            .spawn_blocking(move || login_blocking(&shared, req))
+            .spawn_blocking(move || login_blocking(&shared, req, scram))
             .await
     }
 
@@ -489,14 +732,108 @@ impl Conn {
             retr = format_args!("{}/{}", s.retr, s.retr_octets),
             del = format_args!("{}/{}", s.deleted, s.messages),
             size = s.size,
+            bytes = format_args!("{}/{}", self.received, self.sent),
             "logout"
         );
+    }
+
+    fn count_sent(&mut self, n: usize) {
+        self.sent += n as u64;
+        self.registry.metrics.sent(n);
+    }
+
+    /// Counts a login's outcome (`outcome` overrides the one read from `result`).
+    fn count_login(&self, result: &LoginResult<Maildrop>, outcome: Option<LoginOutcome>) {
+        let m = &self.registry.metrics;
+        let o = outcome.unwrap_or(match result {
+            LoginResult::Ok(_) => LoginOutcome::Ok,
+            LoginResult::Failed => LoginOutcome::Failed,
+            LoginResult::InUse => LoginOutcome::InUse,
+            LoginResult::TempFail => LoginOutcome::TempFail,
+            LoginResult::PermFail => LoginOutcome::PermFail,
+            LoginResult::LoginDelay => LoginOutcome::LoginDelay,
+            #[allow(unreachable_patterns)]
+            _ => LoginOutcome::Other,
+        });
+        if o == LoginOutcome::InUse {
+            m.lock_conflict();
+        }
+        m.login(o);
+    }
+}
+
+/// Counts commands by name from the bytes a client sends (the first word of each line),
+/// across reads, without keeping the lines.
+#[derive(Default)]
+struct CommandScan {
+    word: [u8; 4],
+    len: u8,
+    /// Inside a line whose first word was already counted (or was too long).
+    rest_of_line: bool,
+}
+
+impl CommandScan {
+    fn feed(&mut self, bytes: &[u8], m: &crate::metrics::ShardMetrics) {
+        for &b in bytes {
+            if b == b'\n' {
+                if !self.rest_of_line && self.len > 0 {
+                    m.command(&self.word[..self.len as usize]);
+                }
+                self.len = 0;
+                self.rest_of_line = false;
+            } else if self.rest_of_line {
+            } else if b == b' ' || b == b'\r' {
+                if self.len > 0 {
+                    m.command(&self.word[..self.len as usize]);
+                }
+                self.rest_of_line = true;
+            } else if (self.len as usize) < self.word.len() && b.is_ascii_alphabetic() {
+                self.word[self.len as usize] = b;
+                self.len += 1;
+            } else {
+                m.command(b"");
+                self.rest_of_line = true;
+            }
+        }
     }
 }
 
 /// Verifies credentials, finds the Maildir, takes its lock and reads the snapshot.
-fn login_blocking(shared: &Shared, req: LoginRequest) -> Login {
+///
+/// `scram` is the secret looked up for a SCRAM exchange's server-first message.
+fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>) -> Login {
     let (user, cred) = match req {
+        LoginRequest::CramMd5 {
+            user,
+            challenge,
+            digest,
+        } => (
+            user,
+            Credential::CramMd5 {
+                challenge,
+                digest_hex: digest,
+            },
+        ),
+        LoginRequest::Scram {
+            user,
+            mechanism,
+            auth_message,
+            proof,
+        } => {
+            let alg = scram_alg(mechanism);
+            let secret = match scram.filter(|s| s.alg == alg) {
+                Some(s) => s,
+                None => crate::auth::fake_scram_secret(&user, alg),
+            };
+            (
+                user,
+                Credential::Scram {
+                    secret,
+                    auth_message,
+                    proof,
+                },
+            )
+        }
         LoginRequest::Pass { user, password } => (user, Credential::Plain(Secret::new(password))),
         LoginRequest::Apop {
             user,
@@ -521,6 +858,19 @@ fn login_blocking(shared: &Shared, req: LoginRequest) -> Login {
             return Login::TempFail;
         }
     };
+    // LOGIN-DELAY (passwd-file extra field `login_delay=N` overrides the configured value)
+    // and the per-user session limit.
+    let delay = info
+        .extra_field("login_delay")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let user_slot = match shared.ops.limits.login(&info.user, delay) {
+        Ok(slot) => slot,
+        Err(r) => {
+            tracing::info!(user = %info.user, refused = ?r, "login refused by limits");
+            return Login::Refused(r);
+        }
+    };
     let template = info.mail.as_deref().unwrap_or(&shared.cfg.mail.location);
     let root = match location::expand(template, &info.user, info.home.as_deref()) {
         Ok(p) => p,
@@ -541,17 +891,41 @@ fn login_blocking(shared: &Shared, req: LoginRequest) -> Login {
             return Login::TempFail;
         }
     };
-    match Snapshot::load(&root) {
+    match Snapshot::load_with(&root, &shared.mail_opts, Some(&shared.index_cache)) {
         Ok(snapshot) => Login::Ok {
             user: info.user,
             lock,
-            snapshot: Arc::new(snapshot),
+            snapshot,
+            user_slot,
+            scram_signature: match &cred {
+                Credential::Scram {
+                    secret,
+                    auth_message,
+                    ..
+                } => Some(scheme::scram_server_signature(secret, auth_message)),
+                _ => None,
+            },
         },
         Err(e) => {
             tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot read maildrop");
             Login::TempFail
         }
     }
+}
+
+/// The SCRAM hash of a mechanism.
+fn scram_alg(mech: Mechanism) -> ScramAlg {
+    if mech == Mechanism::ScramSha1 {
+        ScramAlg::Sha1
+    } else {
+        ScramAlg::Sha256
+    }
+}
+
+/// A fresh random nonce: 18 random bytes in base64 (printable, no `,`).
+fn random_nonce() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>())
 }
 
 /// A unique `<...>` timestamp for the APOP greeting (RFC 1939 §7).

@@ -5,7 +5,10 @@
 //! and carries out its steps ([`conn`]), timeouts, running blocking work (password hashing,
 //! Maildir scans, mapping files, unlinks) on glommio's blocking thread pool, TLS handshakes
 //! (implicit TLS listeners and STLS) with their timeout, graceful shutdown on SIGTERM/SIGINT,
-//! and reloading the TLS certificates on SIGHUP.
+//! and reloading the TLS certificates on SIGHUP. Operations (`ops`): systemd socket
+//! activation and notifications, privilege drop before any thread starts, SIGHUP reloads of
+//! the configuration and passwd-file; connection limits and LOGIN-DELAY (`limits`); PROXY
+//! listeners (in `conn`); the metrics endpoint (`admin`).
 //!
 //! Executor settings measured on this project's machines (see RUNTIME-NOTES.md):
 //! `io_memory(64 KiB)` so that several servers fit an 8 MiB locked-memory limit, and
@@ -13,8 +16,13 @@
 //!
 //! Does not own: protocol rules, the Maildir format or password schemes.
 
+mod admin;
 mod conn;
+mod limits;
+mod ops;
 mod sys;
+
+pub use ops::ServeOptions;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,9 +32,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use glommio::{Latency, LocalExecutorPoolBuilder, PoolPlacement, Shares};
 
-use crate::auth::{Authenticator, PasswdFile, PasswdOptions};
+use crate::auth::penalty::{Penalties, PenaltyPolicy};
+use crate::auth::{AuthCache, Authenticator, PasswdFile, PasswdOptions};
 use crate::config::Config;
-use crate::protocol::SessionConfig;
+use crate::protocol::{Mechanism, Mechanisms, SessionConfig};
 
 /// What every shard shares (read-only; `Send + Sync`).
 pub(crate) struct Shared {
@@ -36,6 +45,94 @@ pub(crate) struct Shared {
     pub hostname: String,
     /// The TLS configuration when a certificate is configured (STLS offered, POP3S served).
     pub tls: Option<crate::tls::Reloadable>,
+    /// SASL mechanisms offered (PLAIN/LOGIN still subject to the plaintext policy).
+    pub sasl: Mechanisms,
+    /// One sender per shard, for telling every core about failed logins (index = shard).
+    pub penalty_tx: Vec<flume::Sender<PenaltyEvent>>,
+    /// UIDL settings from `[mail]`.
+    pub mail_opts: crate::mailbox::LoadOptions,
+    /// Mailbox snapshots shared by all cores (read-mostly; validated by directory stamps).
+    pub index_cache: crate::mailbox::IndexCache,
+    /// Connection limits, the swappable passwd-file, reload counters.
+    pub ops: ops::Ops,
+}
+
+/// A login outcome from one core, for the penalty tables of the others.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PenaltyEvent {
+    key: u128,
+    at: std::time::Instant,
+    failure: bool,
+}
+
+/// One shard's penalty table and the receiving end of its channel. Lock-free: only this
+/// shard's executor touches it; other shards' failures arrive through the channel and are
+/// applied whenever this shard next looks at the table.
+pub(crate) struct ShardPenalties {
+    shard: usize,
+    table: Penalties,
+    rx: flume::Receiver<PenaltyEvent>,
+}
+
+impl ShardPenalties {
+    fn drain(&mut self) {
+        while let Ok(ev) = self.rx.try_recv() {
+            if ev.failure {
+                self.table.failure(ev.key, ev.at);
+            } else {
+                self.table.success(ev.key);
+            }
+        }
+    }
+}
+
+fn penalty_policy(cfg: &Config) -> PenaltyPolicy {
+    PenaltyPolicy {
+        base: Duration::from_millis(cfg.auth.failure_delay_ms),
+        max: Duration::from_millis(cfg.auth.failure_delay_max_ms),
+        reset_after: Duration::from_secs(cfg.auth.penalty_reset_secs),
+    }
+}
+
+/// The SASL mechanisms to offer: `auth.mechanisms`, or automatically what every user of
+/// the authenticator can do.
+fn sasl_mechanisms(cfg: &Config, auth: &dyn Authenticator) -> Mechanisms {
+    let caps = auth.sasl_capabilities();
+    if cfg.auth.mechanisms.is_empty() {
+        let mut m = Mechanisms::none()
+            .with(Mechanism::Plain)
+            .with(Mechanism::Login);
+        for (ok, mech) in [
+            (caps.cram_md5, Mechanism::CramMd5),
+            (caps.scram_sha1, Mechanism::ScramSha1),
+            (caps.scram_sha256, Mechanism::ScramSha256),
+        ] {
+            if ok {
+                m = m.with(mech);
+            }
+        }
+        return m;
+    }
+    let mut m = Mechanisms::none();
+    for name in &cfg.auth.mechanisms {
+        let Some(mech) = Mechanism::from_name(name) else {
+            continue;
+        };
+        let works = match mech {
+            Mechanism::CramMd5 => caps.cram_md5,
+            Mechanism::ScramSha1 => caps.scram_sha1,
+            Mechanism::ScramSha256 => caps.scram_sha256,
+            Mechanism::Plain | Mechanism::Login => true,
+        };
+        if !works {
+            tracing::warn!(
+                mechanism = mech.name(),
+                "auth.mechanisms: some users' stored passwords cannot be used with this mechanism; they will fail to log in with it"
+            );
+        }
+        m = m.with(mech);
+    }
+    m
 }
 
 /// A listener that is open: its bound address and whether it speaks implicit TLS.
@@ -43,6 +140,8 @@ pub(crate) struct Shared {
 pub struct Listening {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// Expects a PROXY protocol header from a trusted load balancer.
+    pub proxy: bool,
 }
 
 /// Loads the passwd-file named by the configuration.
@@ -52,10 +151,42 @@ pub fn load_authenticator(cfg: &Config) -> anyhow::Result<Arc<dyn Authenticator>
         default_scheme: cfg.auth.default_scheme.clone(),
         allow_weak_schemes: cfg.auth.allow_weak_schemes,
     };
-    let file = PasswdFile::load(&cfg.auth.passwd_file, opts)
+    let mut file = PasswdFile::load(&cfg.auth.passwd_file, opts)
         .with_context(|| format!("loading passwd-file {}", cfg.auth.passwd_file.display()))?;
+    if let Some(cache) = AuthCache::new(
+        Duration::from_secs(cfg.auth.cache_ttl_secs),
+        cfg.auth.cache_size,
+    ) {
+        file.set_cache(Arc::new(cache));
+    }
+    check_distinct_maildirs(&file, &cfg.mail.location)?;
     tracing::info!(path = %cfg.auth.passwd_file.display(), users = file.len(), "passwd-file loaded");
     Ok(Arc::new(file))
+}
+
+/// Refuses a user database in which two users' mail locations are the same Maildir: each
+/// would see, and could delete, the other's mail. Checked at start-up and on every reload.
+fn check_distinct_maildirs(file: &PasswdFile, location: &str) -> anyhow::Result<()> {
+    let mut seen: std::collections::HashMap<std::path::PathBuf, String> =
+        std::collections::HashMap::with_capacity(file.len());
+    for entry in file.entries() {
+        let info = entry.user_info();
+        let template = info.mail.as_deref().unwrap_or(location);
+        // A location that does not expand fails that user's login with [SYS/PERM] instead.
+        let Ok(path) = crate::mailbox::location::expand(template, &info.user, info.home.as_deref())
+        else {
+            continue;
+        };
+        if let Some(other) = seen.insert(path.clone(), info.user.clone()) {
+            anyhow::bail!(
+                "users {other:?} and {:?} have the same mail location {}: each would see and \
+                 delete the other's mail; give every user a Maildir of their own",
+                info.user,
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn system_hostname() -> String {
@@ -76,30 +207,36 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resul
 }
 
 /// Like [`serve`], but tells `on_ready` which listeners are implicit TLS (the CLI prints them).
+/// Serves as root only if the configuration allows it (tests and trials).
 pub fn serve_with(cfg: Config, on_ready: impl FnOnce(&[Listening])) -> anyhow::Result<()> {
-    let auth = load_authenticator(&cfg)?;
+    serve_opts(cfg, ServeOptions::default(), on_ready)
+}
+
+/// Runs the server with [`ServeOptions`] (privileges, how SIGHUP re-reads the configuration).
+///
+/// Order matters: files are read and sockets bound first (possibly as root), then root is
+/// dropped, and only then do threads start (the signal thread, the admin thread, the
+/// executors), so every thread runs with the reduced privileges.
+pub fn serve_opts(
+    cfg: Config,
+    opts: ServeOptions,
+    on_ready: impl FnOnce(&[Listening]),
+) -> anyhow::Result<()> {
+    let swap_auth = ops::SwapAuth::new(load_authenticator(&cfg)?);
+    let auth: Arc<dyn Authenticator> = swap_auth.clone();
     let tls = crate::tls::server_config(&cfg.tls)?.map(crate::tls::Reloadable::new);
     let threads = match cfg.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    // Listening sockets are made here, before any executor runs, so that port 0 resolves to
-    // one port for all shards and binding errors are reported at once.
-    let mut per_shard: Vec<Vec<(OwnedFd, bool)>> = (0..threads).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    let all = (cfg.server.listen.iter().map(|a| (a, false)))
-        .chain(cfg.server.listen_tls.iter().map(|a| (a, true)));
-    for (addr, is_tls) in all {
-        let (fds, actual) =
-            sys::listeners(*addr, threads).with_context(|| format!("cannot listen on {addr}"))?;
-        for (shard, fd) in fds.into_iter().enumerate() {
-            per_shard[shard].push((fd, is_tls));
-        }
-        bound.push(Listening {
-            addr: actual,
-            tls: is_tls,
-        });
-    }
+    let ops::Listeners {
+        per_shard,
+        bound,
+        labels,
+    } = ops::open_listeners(&cfg, threads)?;
+    let admin_listener = ops::open_admin(&cfg)?;
+    ops::drop_privileges(&cfg, opts.allow_root)?;
+    let ops_state = ops::Ops::new(&cfg, swap_auth);
     let hostname = if cfg.server.hostname.is_empty() {
         system_hostname()
     } else {
@@ -110,14 +247,39 @@ pub fn serve_with(cfg: Config, on_ready: impl FnOnce(&[Listening])) -> anyhow::R
         implementation: "corepop".into(),
         max_bad_commands: cfg.limits.max_bad_commands,
         max_auth_failures: cfg.auth.max_failures,
+        login_delay_secs: cfg.limits.login_delay_secs,
+        expire: cfg.server.expire.map(|e| e.capa_value()),
     });
+    let sasl = sasl_mechanisms(&cfg, &*auth);
+    let policy = penalty_policy(&cfg);
+    let (penalty_tx, penalty_rx): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| flume::unbounded()).unzip();
+    let penalty_rx = Arc::new(Mutex::new(
+        penalty_rx.into_iter().enumerate().collect::<Vec<_>>(),
+    ));
+    let mail_opts = cfg.mail.load_options()?;
+    let index_cache = crate::mailbox::IndexCache::new(cfg.mail.index_cache_size);
     let shared = Arc::new(Shared {
         cfg,
         session_cfg,
         auth,
         hostname,
         tls,
+        sasl,
+        penalty_tx,
+        mail_opts,
+        index_cache,
+        ops: ops_state,
     });
+    let (metrics_tx, metrics_rx): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| flume::bounded::<admin::SnapshotRequest>(4))
+        .unzip();
+    let metrics_rx = Arc::new(Mutex::new(metrics_rx));
+    if let Some(l) = admin_listener {
+        let addr = l.local_addr()?;
+        admin::spawn(l, metrics_tx, labels, shared.clone())?;
+        println!("corepop: metrics on http://{addr}/metrics");
+    }
 
     // Shutdown: a signal thread drops the only sender; every receiver then wakes at once.
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
@@ -127,15 +289,18 @@ pub fn serve_with(cfg: Config, on_ready: impl FnOnce(&[Listening])) -> anyhow::R
         signal_hook::consts::SIGHUP,
     ])?;
     let for_signals = shared.clone();
+    let reread = opts.reload;
+    let mut last_cfg = shared.cfg.clone();
     std::thread::Builder::new()
         .name("corepop-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == signal_hook::consts::SIGHUP {
-                    reload_tls(&for_signals);
+                    ops::reload(&for_signals, reread.as_deref(), &mut last_cfg);
                     continue;
                 }
                 tracing::info!(signal = sig, "shutting down");
+                ops::notify_stopping();
                 break;
             }
             drop(stop_tx);
@@ -158,28 +323,25 @@ pub fn serve_with(cfg: Config, on_ready: impl FnOnce(&[Listening])) -> anyhow::R
             let fds = fds.lock().expect("fd list").pop().unwrap_or_default();
             let shared = shared.clone();
             let stop = stop_rx.clone();
-            async move { shard(shared, fds, stop).await }
+            let metrics_rx = metrics_rx.lock().expect("metrics channels").pop();
+            let penalties =
+                penalty_rx
+                    .lock()
+                    .expect("penalty channels")
+                    .pop()
+                    .map(|(shard, rx)| ShardPenalties {
+                        shard,
+                        table: Penalties::new(policy),
+                        rx,
+                    });
+            async move { shard(shared, fds, stop, penalties, metrics_rx).await }
         })
         .map_err(|e| anyhow::anyhow!("starting executors: {e}"))?;
+    ops::notify_ready(&bound);
     for r in handles.join_all() {
         r.map_err(|e| anyhow::anyhow!("executor failed: {e}"))?;
     }
     Ok(())
-}
-
-/// SIGHUP: re-reads the certificate and key files; new connections use them. On error the
-/// old certificates stay in use.
-fn reload_tls(shared: &Shared) {
-    let Some(tls) = &shared.tls else {
-        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
-        return;
-    };
-    match tls.reload(&shared.cfg.tls) {
-        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS reload failed; keeping the old certificates")
-        }
-    }
 }
 
 /// Open connections of one shard, so shutdown can wake idle sessions.
@@ -188,6 +350,11 @@ pub(crate) struct Registry {
     next: std::cell::Cell<u64>,
     open: std::cell::RefCell<std::collections::HashMap<u64, RawFd>>,
     pub stopping: std::cell::Cell<bool>,
+    penalties: std::cell::RefCell<Option<ShardPenalties>>,
+    /// This core's counters (plain cells; summed across cores on scrape).
+    pub metrics: crate::metrics::ShardMetrics,
+    /// Sessions of this core in the middle of an UPDATE (deleting their marked messages).
+    pub committing: std::cell::Cell<u32>,
 }
 
 impl Registry {
@@ -200,6 +367,64 @@ impl Registry {
     pub fn remove(&self, id: u64) {
         self.open.borrow_mut().remove(&id);
     }
+    /// The penalty owed by `key` now (failures from every core counted).
+    pub fn penalty_delay(&self, key: u128) -> Duration {
+        let mut p = self.penalties.borrow_mut();
+        let Some(p) = p.as_mut() else {
+            return Duration::ZERO;
+        };
+        p.drain();
+        p.table.delay(key, std::time::Instant::now())
+    }
+
+    /// Records a failed login from `key` here and on every other core. Returns the new
+    /// level and its delay.
+    pub fn penalty_failure(&self, shared: &Shared, key: u128) -> (u32, Duration) {
+        let mut p = self.penalties.borrow_mut();
+        let Some(p) = p.as_mut() else {
+            return (0, Duration::ZERO);
+        };
+        let at = std::time::Instant::now();
+        p.drain();
+        let level = p.table.failure(key, at);
+        self.broadcast(shared, p.shard, key, at, true);
+        (level, p.table.policy().delay_for(level))
+    }
+
+    /// A successful login from `key`: its failures are forgotten on every core.
+    pub fn penalty_success(&self, shared: &Shared, key: u128) {
+        let mut p = self.penalties.borrow_mut();
+        let Some(p) = p.as_mut() else {
+            return;
+        };
+        p.drain();
+        if p.table.level(key, std::time::Instant::now()) == 0 {
+            return;
+        }
+        p.table.success(key);
+        self.broadcast(shared, p.shard, key, std::time::Instant::now(), false);
+    }
+
+    /// This shard's index (for log lines).
+    pub fn shard(&self) -> usize {
+        self.penalties.borrow().as_ref().map_or(0, |p| p.shard)
+    }
+
+    fn broadcast(
+        &self,
+        shared: &Shared,
+        me: usize,
+        key: u128,
+        at: std::time::Instant,
+        failure: bool,
+    ) {
+        for (i, tx) in shared.penalty_tx.iter().enumerate() {
+            if i != me {
+                let _ = tx.try_send(PenaltyEvent { key, at, failure });
+            }
+        }
+    }
+
     fn wake_all(&self) {
         for &fd in self.open.borrow().values() {
             sys::shutdown_read(fd);
@@ -207,16 +432,35 @@ impl Registry {
     }
 }
 
-async fn shard(shared: Arc<Shared>, fds: Vec<(OwnedFd, bool)>, stop: flume::Receiver<()>) {
+async fn shard(
+    shared: Arc<Shared>,
+    fds: Vec<(OwnedFd, ops::ListenerSpec)>,
+    stop: flume::Receiver<()>,
+    penalties: Option<ShardPenalties>,
+    metrics_rx: Option<flume::Receiver<admin::SnapshotRequest>>,
+) {
     let tq = glommio::executor().create_task_queue(
         Shares::Static(1000),
         Latency::Matters(Duration::from_millis(5)),
         "pop3",
     );
     let gate = glommio::sync::Gate::new();
-    let registry = std::rc::Rc::new(Registry::default());
+    let registry = std::rc::Rc::new(Registry {
+        penalties: std::cell::RefCell::new(penalties),
+        ..Registry::default()
+    });
+    if let Some(rx) = metrics_rx {
+        // Scrapes: the admin thread asks, this core answers with a copy of its counters.
+        let registry = registry.clone();
+        glommio::spawn_local(async move {
+            while let Ok(reply) = rx.recv_async().await {
+                let _ = reply.send(registry.metrics.snapshot());
+            }
+        })
+        .detach();
+    }
     let mut loops = Vec::new();
-    for (fd, implicit_tls) in fds {
+    for (fd, spec) in fds {
         let listener = sys::adopt_listener(fd);
         let (shared, gate, registry, stop) =
             (shared.clone(), gate.clone(), registry.clone(), stop.clone());
@@ -239,7 +483,8 @@ async fn shard(shared: Arc<Shared>, fds: Vec<(OwnedFd, bool)>, stop: flume::Rece
                     }
                 };
                 let id = registry.add(stream.as_raw_fd());
-                let fut = conn::run(stream, implicit_tls, shared.clone(), registry.clone(), id);
+                registry.metrics.accepted(spec.index);
+                let fut = conn::run(stream, spec, shared.clone(), registry.clone(), id);
                 if gate.spawn_into(fut, tq).map(|t| t.detach()).is_err() {
                     break;
                 }
@@ -259,6 +504,11 @@ async fn shard(shared: Arc<Shared>, fds: Vec<(OwnedFd, bool)>, stop: flume::Rece
     })
     .await;
     if !closed {
+        // Never stop in the middle of an UPDATE: a QUIT whose deletions are running
+        // finishes them (they are short: unlinks and two fsyncs).
+        while registry.committing.get() > 0 {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
         tracing::warn!("shutdown grace period over; closing remaining sessions");
     }
 }

@@ -592,7 +592,9 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            // Tests run as root in CI; corepop refuses that unless told.
+            .env("COREPOP_ALLOW_ROOT", "1");
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run corepop {args:?}: {e}"));

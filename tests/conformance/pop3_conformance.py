@@ -720,7 +720,7 @@ class Server:
     def start(self):
         logf = open(self.log_path, "ab")
         cmd = [OPTS.bin, "serve", "--config", self.config_path, "--listen", "127.0.0.1:0",
-               "--threads", "1"]
+               "--threads", "1", "--allow-root"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=logf, cwd=FIX.root)
         logf.close()

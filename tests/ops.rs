@@ -1,0 +1,748 @@
+//! Operations, end to end against the real binary: SIGHUP reloads (passwd-file, invalid
+//! configuration), connection limits, LOGIN-DELAY and EXPIRE, the PROXY protocol (v1, v2,
+//! untrusted, malformed, truncated), the metrics endpoint, systemd notifications and socket
+//! activation, `check-config`, and privilege drop (as root).
+
+mod common;
+
+use common::{Fixture, Pop3Client, Server, CLIENT_TIMEOUT};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MSG: &[u8] = b"Subject: hello\r\n\r\nbody\r\n";
+
+fn fixture(extra: &str) -> Fixture {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    fx.deliver("alice", "new", "1700000001.M1P1.h", MSG);
+    fx.config(extra);
+    fx
+}
+
+/// Polls `f` for up to 10 s (for effects of a signal, which arrive asynchronously).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// USER/PASS on a fresh connection; returns the PASS reply.
+fn try_login(addr: SocketAddr, user: &str, pass: &str) -> String {
+    let mut c = Pop3Client::connect(addr);
+    assert!(c.cmd(&format!("USER {user}")).starts_with("+OK"));
+    let r = c.cmd(&format!("PASS {pass}"));
+    if r.starts_with("+OK") {
+        c.cmd("QUIT");
+    }
+    r
+}
+
+/// A line-based client over any stream that already carries what a proxy would send.
+struct Raw {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr, preamble: &[u8]) -> Raw {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        s.write_all(preamble).unwrap();
+        Raw {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+    /// The next line, or `None` when the server closed the connection.
+    fn line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.reader.read_line(&mut l) {
+            Ok(0) => None,
+            Ok(_) => Some(l.trim_end().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    fn cmd(&mut self, c: &str) -> String {
+        self.writer
+            .write_all(format!("{c}\r\n").as_bytes())
+            .unwrap();
+        self.line().expect("server closed the connection")
+    }
+}
+
+fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut h = corepop::proxy::V2_SIGNATURE.to_vec();
+    h.push(0x21); // version 2, PROXY
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            h.push(0x11); // TCP over IPv4
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        _ => panic!("IPv4 only in this helper"),
+    }
+    h
+}
+
+/// The admin address from `corepop: metrics on http://ADDR/metrics`.
+fn metrics_addr(srv: &Server) -> SocketAddr {
+    let mut found = None;
+    eventually("metrics address announced", || {
+        found = srv
+            .stdout_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("corepop: metrics on http://"))
+            .and_then(|r| r.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok());
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn check_config_prints_effective_settings_and_names_bad_keys() {
+    let fx = fixture("[limits]\nlogin_delay_secs = 300\n");
+    let bin = env!("CARGO_BIN_EXE_corepop");
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(fx.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    // Defaults are shown next to what the file set.
+    assert!(stdout.contains("login_delay_secs = 300"), "{stdout}");
+    assert!(stdout.contains("idle_timeout_secs = 600"), "{stdout}");
+
+    fs::write(
+        fx.config_path(),
+        "[limits]\nmax_connections = 10\nmax_conections_per_ip = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(fx.config_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("max_conections_per_ip") && err.contains("line 3"),
+        "{err}"
+    );
+
+    let out = Command::new(bin).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("corepop "));
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for section in ["SIGNALS:", "SIGHUP", "check-config", "EXIT STATUS:"] {
+        assert!(help.contains(section), "--help lacks {section}:\n{help}");
+    }
+}
+
+#[test]
+fn sighup_reloads_passwd_file_without_dropping_sessions() {
+    let mut fx = fixture("");
+    let srv = Server::start(&fx, &[]);
+    let mut a = Pop3Client::connect(srv.addr);
+    a.login("alice", "pw");
+
+    // A new user appears after SIGHUP; alice's session carries on.
+    assert!(try_login(srv.addr, "bob", "pw2").starts_with("-ERR"));
+    fx.add_user("bob", "pw2");
+    srv.signal(libc::SIGHUP);
+    eventually("bob can log in after SIGHUP", || {
+        try_login(srv.addr, "bob", "pw2").starts_with("+OK")
+    });
+    assert!(a.cmd("STAT").starts_with("+OK 1 "));
+
+    // The passwd-file disappears: logged loudly, the old users keep working.
+    fs::rename(fx.passwd_path(), fx.path().join("passwd.moved")).unwrap();
+    srv.signal(libc::SIGHUP);
+    eventually("reload failure logged", || {
+        srv.stderr_text().contains("PASSWD-FILE NOT RELOADED")
+    });
+    assert!(try_login(srv.addr, "bob", "pw2").starts_with("+OK"));
+
+    // An invalid configuration is refused, naming the key; the old one stays.
+    fs::rename(fx.path().join("passwd.moved"), fx.passwd_path()).unwrap();
+    let good = fs::read_to_string(fx.config_path()).unwrap();
+    fs::write(
+        fx.config_path(),
+        format!("{good}\n[limits]\nmax_conections = 1\n"),
+    )
+    .unwrap();
+    srv.signal(libc::SIGHUP);
+    eventually("invalid configuration logged", || {
+        let e = srv.stderr_text();
+        e.contains("configuration not reloaded") && e.contains("max_conections")
+    });
+    assert!(try_login(srv.addr, "alice", "pw").starts_with("-ERR [IN-USE]"));
+    assert!(a.cmd("QUIT").starts_with("+OK"));
+    assert!(try_login(srv.addr, "bob", "pw2").starts_with("+OK"));
+}
+
+#[test]
+fn connection_limits_per_ip_and_reload_of_limits() {
+    let fx = fixture("[limits]\nmax_connections_per_ip = 2\n");
+    let srv = Server::start(&fx, &[]);
+    let c1 = Pop3Client::connect(srv.addr);
+    let _c2 = Pop3Client::connect(srv.addr);
+    let mut c3 = Raw::connect(srv.addr, b"");
+    assert_eq!(
+        c3.line().as_deref(),
+        Some("-ERR [SYS/TEMP] Too many connections, try again later.")
+    );
+    assert_eq!(c3.line(), None, "refused connection is closed");
+    drop(c1);
+    eventually("a place is free again", || {
+        Raw::connect(srv.addr, b"")
+            .line()
+            .is_some_and(|l| l.starts_with("+OK"))
+    });
+
+    // Limits are applied by SIGHUP.
+    let cfg = fs::read_to_string(fx.config_path()).unwrap();
+    fs::write(
+        fx.config_path(),
+        cfg.replace("max_connections_per_ip = 2", "max_connections_per_ip = 5"),
+    )
+    .unwrap();
+    srv.signal(libc::SIGHUP);
+    eventually("reload applied", || {
+        srv.stderr_text().contains("reload complete")
+    });
+    let more: Vec<Pop3Client> = (0..3).map(|_| Pop3Client::connect(srv.addr)).collect();
+    assert!(more.iter().all(|c| c.greeting.starts_with("+OK")));
+}
+
+#[test]
+fn login_delay_and_expire_are_advertised_and_enforced() {
+    let mut fx = fixture("[server]\nexpire = \"NEVER\"\n[limits]\nlogin_delay_secs = 3600\n");
+    // bob's passwd-file entry overrides the delay.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(fx.passwd_path())
+        .unwrap()
+        .write_all(b"bob:{PLAIN}pw::::::login_delay=0\n")
+        .unwrap();
+    fs::create_dir_all(fx.maildir("bob").join("new")).unwrap();
+    let _ = &mut fx;
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    let (_, capa) = c.multi("CAPA");
+    let capa = String::from_utf8_lossy(&capa);
+    assert!(capa.contains("LOGIN-DELAY 3600\r\n"), "{capa}");
+    assert!(capa.contains("EXPIRE NEVER\r\n"), "{capa}");
+
+    assert!(try_login(srv.addr, "alice", "pw").starts_with("+OK"));
+    let again = try_login(srv.addr, "alice", "pw");
+    assert!(again.starts_with("-ERR [LOGIN-DELAY]"), "{again}");
+    // Wrong password: still an ordinary failure, the delay does not reveal the password.
+    assert!(!try_login(srv.addr, "alice", "nope").contains("LOGIN-DELAY"));
+    assert!(try_login(srv.addr, "bob", "pw").starts_with("+OK"));
+    assert!(try_login(srv.addr, "bob", "pw").starts_with("+OK"));
+}
+
+fn proxy_fixture(trusted: &str) -> (Fixture, Server) {
+    let fx = fixture(&format!(
+        "[limits]\nmax_connections_per_ip = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [proxy]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"{trusted}\"]\nheader_timeout_secs = 1\n"
+    ));
+    let srv = Server::start(&fx, &[]);
+    eventually("two listeners", || srv.addrs().len() == 2);
+    (fx, srv)
+}
+
+#[test]
+fn proxy_protocol_v1_and_v2_carry_the_client_address() {
+    let (_fx, srv) = proxy_fixture("127.0.0.0/8");
+    let proxy = srv.addrs()[1];
+    assert!(srv
+        .stdout_text()
+        .contains(&format!("listening on {proxy} (proxy)")));
+
+    let mut v1 = Raw::connect(proxy, b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 110\r\n");
+    assert!(v1.line().unwrap().starts_with("+OK"));
+    // The client address is not loopback now: plaintext USER/PASS is refused for it.
+    let r = v1.cmd("USER alice");
+    assert!(r.contains("Plaintext authentication disallowed"), "{r}");
+    v1.cmd("QUIT");
+
+    // v2, and the per-IP limit counts the proxied address, not the proxy's.
+    let src: SocketAddr = "198.51.100.9:40002".parse().unwrap();
+    let mut a = Raw::connect(proxy, &v2_header(src, proxy));
+    assert!(a.line().unwrap().starts_with("+OK"));
+    let other: SocketAddr = "198.51.100.10:40003".parse().unwrap();
+    let mut b = Raw::connect(proxy, &v2_header(other, proxy));
+    assert!(b.line().unwrap().starts_with("+OK"));
+    let mut same = Raw::connect(proxy, &v2_header(src, proxy));
+    assert!(same
+        .line()
+        .unwrap()
+        .starts_with("-ERR [SYS/TEMP] Too many connections"));
+    // The session right behind a v2 header works (no byte of it was eaten).
+    assert!(a.cmd("CAPA").starts_with("+OK"));
+
+    // Malformed and truncated headers: closed without a greeting.
+    assert_eq!(Raw::connect(proxy, b"PROXY TCP9 nonsense\r\n").line(), None);
+    assert_eq!(Raw::connect(proxy, b"USER alice\r\n").line(), None);
+    assert_eq!(Raw::connect(proxy, b"PROXY TCP4 192.0.2.").line(), None);
+    assert_eq!(
+        Raw::connect(proxy, &v2_header(src, proxy)[..20]).line(),
+        None
+    );
+
+    let text = scrape(metrics_addr(&srv));
+    assert_eq!(
+        metric(
+            &text,
+            "corepop_connections_refused_total{reason=\"proxy_bad_header\"}"
+        ),
+        4
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "corepop_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn proxy_header_from_untrusted_network_is_refused() {
+    let (_fx, srv) = proxy_fixture("10.0.0.0/8");
+    let proxy = srv.addrs()[1];
+    let mut c = Raw::connect(proxy, b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 110\r\n");
+    assert_eq!(c.line(), None);
+    eventually("refusal logged", || srv.stderr_text().contains("untrusted"));
+    // The plain listener is unaffected.
+    assert!(Pop3Client::connect(srv.addr).greeting.starts_with("+OK"));
+    let text = scrape(metrics_addr(&srv));
+    assert_eq!(
+        metric(
+            &text,
+            "corepop_connections_refused_total{reason=\"proxy_untrusted\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn metrics_endpoint_counts_what_happened() {
+    let fx = fixture("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let srv = Server::start(&fx, &[]);
+    let admin = metrics_addr(&srv);
+    assert!(try_login(srv.addr, "alice", "wrong").starts_with("-ERR"));
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    let (ok, body) = c.multi("RETR 1");
+    assert!(ok.starts_with("+OK"));
+    assert_eq!(body, MSG);
+    c.multi("TOP 1 0");
+    c.cmd("QUIT");
+    eventually("logout logged", || srv.stderr_text().contains("logout"));
+
+    eventually("all connections closed", || {
+        metric(&scrape(admin), "corepop_connections_current") == 0
+    });
+    let text = scrape(admin);
+    let listener = format!(
+        "corepop_connections_total{{listener=\"{}\",tls=\"false\",proxy=\"false\"}}",
+        srv.addr
+    );
+    assert_eq!(metric(&text, &listener), 2);
+    assert_eq!(metric(&text, "corepop_logins_total{result=\"ok\"}"), 1);
+    assert_eq!(metric(&text, "corepop_logins_total{result=\"failed\"}"), 1);
+    assert_eq!(metric(&text, "corepop_commands_total{command=\"USER\"}"), 2);
+    assert_eq!(metric(&text, "corepop_commands_total{command=\"RETR\"}"), 1);
+    assert_eq!(metric(&text, "corepop_commands_total{command=\"TOP\"}"), 1);
+    assert_eq!(
+        metric(
+            &text,
+            "corepop_retrieve_duration_seconds_count{command=\"RETR\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "corepop_retrieve_duration_seconds_count{command=\"TOP\"}"
+        ),
+        1
+    );
+    assert!(metric(&text, "corepop_bytes_sent_total") > MSG.len() as u64);
+    assert!(text.contains("# TYPE corepop_retrieve_duration_seconds histogram"));
+
+    // The logout line: client address, Dovecot-like counters and bytes; never the password.
+    let log = srv.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("logout") && l.contains("alice"))
+        .unwrap();
+    for field in [
+        "peer=127.0.0.1:",
+        "retr=1/",
+        "top=1/",
+        "del=0/1",
+        "size=",
+        "bytes=",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    assert!(
+        !log.contains("wrong") && !log.contains("pw\""),
+        "password in log:\n{log}"
+    );
+
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(b"GET /nope HTTP/1.0\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.0 404"), "{r}");
+}
+
+/// Spawns `corepop serve` with extra environment, returning the child and a reader for
+/// its stdout lines.
+fn spawn_with_env(
+    fx: &Fixture,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepop"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(fx.config_path())
+        .args(["--threads", "1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn listening_addr(rx: &std::sync::mpsc::Receiver<String>) -> SocketAddr {
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("listening line");
+        if let Some(a) = l.strip_prefix("corepop: listening on ") {
+            return a.split(' ').next().unwrap().parse().unwrap();
+        }
+    }
+}
+
+fn kill(child: &mut std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+#[test]
+fn systemd_notifications_ready_reloading_stopping() {
+    let fx = fixture("");
+    let sock_path = fx.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut child, rx) = spawn_with_env(
+        &fx,
+        &["--listen", "127.0.0.1:0", "--allow-root"],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let addr = listening_addr(&rx);
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(ready.contains(&addr.to_string()), "{ready}");
+    kill(&mut child, libc::SIGHUP);
+    let reloading = next();
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let ready = next();
+    assert!(
+        ready.contains("READY=1") && ready.contains("STATUS=Reloaded"),
+        "{ready}"
+    );
+    kill(&mut child, libc::SIGTERM);
+    assert!(next().contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn socket_activation_uses_the_passed_sockets() {
+    let fx = fixture("");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &listen,
+            "--fdname=pop3",
+            env!("CARGO_BIN_EXE_corepop"),
+            "serve",
+        ])
+        .arg("--config")
+        .arg(fx.config_path())
+        // The configured listener would conflict; socket activation replaces it.
+        .args(["--listen", "127.0.0.1:1", "--threads", "2", "--allow-root"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let addr: SocketAddr = listen.parse().unwrap();
+    let mut ok = false;
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "socket-activate did not listen");
+    // The first connection starts corepop, which serves it on the inherited socket.
+    assert_eq!(try_login(addr, "alice", "pw"), "+OK Logged in.");
+    for _ in 0..4 {
+        assert!(Pop3Client::connect(addr).greeting.starts_with("+OK"));
+    }
+    kill(&mut child, libc::SIGTERM);
+    let _ = child.wait();
+}
+
+#[test]
+fn refuses_to_serve_as_root_without_permission() {
+    if !is_root() {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let fx = fixture("");
+    let out = Command::new(env!("CARGO_BIN_EXE_corepop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(fx.config_path())
+        .env_remove("COREPOP_ALLOW_ROOT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve as root"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
+
+#[test]
+fn drops_root_privileges_to_the_configured_user() {
+    if !is_root() {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let fx = fixture("[privileges]\nuser = \"nobody\"\n");
+    // The mail user must be able to read its files (as with vmail in production).
+    let st = Command::new("chown")
+        .args(["-R", "nobody:"])
+        .arg(fx.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let srv = Server::start(&fx, &[]);
+    let status = fs::read_to_string(format!("/proc/{}/status", srv.pid().unwrap())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let gid_line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    let nobody = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let nobody = nobody.trim();
+    let ids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+    assert_eq!(ids, vec![nobody; 4], "{uid_line}");
+    assert!(!gid_line.split_whitespace().any(|g| g == "0"), "{gid_line}");
+    // Every thread (executors, blocking pool) runs as nobody too.
+    for t in fs::read_dir(format!("/proc/{}/task", srv.pid().unwrap())).unwrap() {
+        let st = fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let l = st.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(l.split_whitespace().skip(1).all(|u| u == nobody), "{l}");
+    }
+    // And it serves mail.
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    assert_eq!(c.multi("RETR 1").1, MSG);
+    c.cmd("QUIT");
+}
+
+/// The `cargo deb` metadata names files that exist, and the configuration it installs is
+/// valid (what `cargo deb` would otherwise only find out when building the package).
+#[test]
+fn debian_package_metadata_is_complete() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: toml::Table = fs::read_to_string(root.join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    for asset in deb["assets"].as_array().unwrap() {
+        let src = asset[0].as_str().unwrap();
+        if !src.starts_with("target/") {
+            assert!(root.join(src).exists(), "deb asset {src} is missing");
+        }
+    }
+    let units = root.join(deb["systemd-units"]["unit-scripts"].as_str().unwrap());
+    for unit in ["corepop.service", "corepop.socket"] {
+        assert!(units.join(unit).exists(), "{unit} missing");
+    }
+    let scripts = root.join(deb["maintainer-scripts"].as_str().unwrap());
+    let postinst = scripts.join("postinst");
+    let text = fs::read_to_string(&postinst).unwrap();
+    assert!(text.contains("adduser --system") && text.contains("vmail"));
+    assert!(text.contains("#DEBHELPER#"));
+    assert!(fs::metadata(&postinst).unwrap().permissions().mode() & 0o111 != 0);
+
+    let fx = Fixture::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_corepop"))
+        .args(["check-config", "--config"])
+        .arg(root.join("debian/corepop.toml"))
+        .arg("--passwd-file")
+        .arg(fx.passwd_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shipped configuration invalid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SIGTERM while a client is in the middle of a large RETR with DELE and QUIT pipelined
+/// behind it: the download completes, the UPDATE is applied in full, the server exits cleanly.
+#[test]
+fn sigterm_lets_a_busy_session_finish_and_apply_its_update() {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < 8 << 20 {
+        big.extend_from_slice(
+            b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrs\r\n",
+        );
+    }
+    fx.deliver("alice", "new", "1700000001.M1P1.h", &big);
+    fx.deliver("alice", "new", "1700000002.M1P1.h", MSG);
+    fx.config("");
+    let mut srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    c.send_raw(b"RETR 1\r\nDELE 1\r\nQUIT\r\n");
+    // The status line is out: the transfer is under way (the client is not reading yet).
+    assert!(c.read_line().starts_with("+OK"));
+    srv.signal(libc::SIGTERM);
+    assert_eq!(c.read_multi_body(), big);
+    assert!(c.read_line().starts_with("+OK"), "DELE");
+    assert_eq!(c.read_line(), "+OK Logging out, 1 messages deleted.");
+    let status = srv.stop().expect("server exited");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(fx.maildir_files("alice").len(), 1);
+}
+
+/// The total and per-user limits, told apart in the metrics.
+#[test]
+fn total_and_per_user_limits() {
+    let fx = fixture(
+        "[limits]\nmax_connections = 3\nmax_connections_per_user = 1\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let srv = Server::start(&fx, &[]);
+    let mut a = Pop3Client::connect(srv.addr);
+    a.login("alice", "pw");
+    let r = try_login(srv.addr, "alice", "pw");
+    assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+    let _b = Pop3Client::connect(srv.addr);
+    let _c = Pop3Client::connect(srv.addr);
+    let mut d = Raw::connect(srv.addr, b"");
+    assert!(d
+        .line()
+        .unwrap()
+        .starts_with("-ERR [SYS/TEMP] Too many connections"));
+    let text = scrape(metrics_addr(&srv));
+    assert_eq!(
+        metric(&text, "corepop_logins_total{result=\"max_per_user\"}"),
+        1
+    );
+    assert_eq!(metric(&text, "corepop_lock_conflicts_total"), 0);
+    assert_eq!(
+        metric(
+            &text,
+            "corepop_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        1
+    );
+    assert!(a.cmd("QUIT").starts_with("+OK"));
+}
