@@ -1,0 +1,112 @@
+//! Property tests (proptest) for `TransferPlan`, the RETR/TOP wire form.
+//!
+//! For any message bytes and any output buffer size:
+//! - un-stuffing the wire form gives back the CRLF-normalised input (a bare LF becomes CRLF,
+//!   CRLF stays, a lone CR is data), plus one CRLF when the input does not end in LF;
+//! - the wire form has no bare LF, no unstuffed line starting with ".", and ends with exactly
+//!   one `.` CRLF terminator;
+//! - `crlf_size` (what STAT/LIST report) equals the octets RETR sends before stuffing and
+//!   terminator (not counting the CRLF added to a message without a final line ending);
+//! - the zero-copy slice, when offered, is byte-identical to the streamed form;
+//! - TOP n k is the CRLF-normalised prefix up to `top_end`.
+//!
+//! `PROPTEST_CASES=100000 cargo test --test transfer_props` runs longer.
+
+use corepop::mailbox::transfer::top_end;
+use corepop::mailbox::{crlf_size, TransferPlan, TERMINATOR};
+use proptest::prelude::*;
+
+fn normalise(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() + 16);
+    for (i, &b) in src.iter().enumerate() {
+        if b == b'\n' && (i == 0 || src[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Checks the wire form's shape and returns it un-stuffed, without the terminator.
+fn unstuff(wire: &[u8]) -> Result<Vec<u8>, String> {
+    if !(wire == TERMINATOR || wire.ends_with(b"\r\n.\r\n")) {
+        return Err("no terminator".into());
+    }
+    let body = &wire[..wire.len() - TERMINATOR.len()];
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\r\n") {
+            return Err(format!("line without CRLF: {line:?}"));
+        }
+        match line.strip_prefix(b".") {
+            Some(rest) if rest.starts_with(b".") => out.extend_from_slice(rest),
+            Some(_) => return Err(format!("unstuffed dot line {line:?}")),
+            None => out.extend_from_slice(line),
+        }
+    }
+    Ok(out)
+}
+
+fn stream(mut plan: TransferPlan<'_>, bufsize: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; bufsize];
+    let mut wire = Vec::new();
+    loop {
+        let n = plan.fill(&mut buf);
+        if n == 0 {
+            return wire;
+        }
+        wire.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Message-like bytes: lots of line endings, dots and CRs, some arbitrary bytes.
+fn message() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b".".to_vec()),
+        Just(b"..".to_vec()),
+        Just(b"\n.\r\n".to_vec()),
+        Just(b"Subject: x".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..20),
+    ];
+    proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
+    ))]
+
+    #[test]
+    fn retr_unstuffs_to_the_crlf_normalised_input(
+        src in prop_oneof![message(), proptest::collection::vec(any::<u8>(), 0..300)],
+        bufsize in 1usize..200,
+    ) {
+        let wire = stream(TransferPlan::retr(&src), bufsize);
+        let mut want = normalise(&src);
+        prop_assert_eq!(crlf_size(&src), want.len() as u64, "LIST size != RETR octets");
+        if !src.is_empty() && !src.ends_with(b"\n") {
+            want.extend_from_slice(b"\r\n");
+        }
+        let got = unstuff(&wire).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(got, want);
+        if let Some(slice) = TransferPlan::retr(&src).as_slice() {
+            prop_assert_eq!([slice, TERMINATOR].concat(), wire);
+        }
+    }
+
+    #[test]
+    fn top_is_the_normalised_prefix(src in message(), lines in 0u64..6, bufsize in 1usize..64) {
+        let end = top_end(&src, lines);
+        prop_assert!(end <= src.len());
+        let wire = stream(TransferPlan::top(&src, lines), bufsize);
+        let mut want = normalise(&src[..end]);
+        if end > 0 && src[end - 1] != b'\n' {
+            want.extend_from_slice(b"\r\n");
+        }
+        let got = unstuff(&wire).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(got, want);
+    }
+}
