@@ -301,8 +301,6 @@ fn failed_lock_release_leaves_no_stale_lock() {
 }
 
 #[test]
-#[ignore = "bug: a message file truncated by another process while corepop streams it from its \
-            mapping raises SIGBUS and kills the server (src/mailbox/map.rs residual risk)"]
 fn message_truncated_while_mapped_does_not_kill_the_server() {
     truncate_during_retr(false);
 }

@@ -21,6 +21,33 @@ use std::path::Path;
 /// executor does not stall on a page fault. Larger ones get sequential read-ahead.
 const POPULATE_LIMIT: u64 = 4 << 20;
 
+/// Opens a message file for reading. Symbolic links are not followed (`O_NOFOLLOW`) and only
+/// regular files are accepted (a FIFO cannot block the open: `O_NONBLOCK`): a user who can
+/// write into their Maildir must not make the server read other files.
+pub fn open_message(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a whole message file (opened as [`open_message`] does), without mapping it.
+pub fn read_message(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_message(path)?;
+    let mut v = Vec::with_capacity(f.metadata()?.len() as usize);
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
 /// A message file mapped read-only.
 #[derive(Debug)]
 pub struct MappedFile {
@@ -34,18 +61,7 @@ impl MappedFile {
     /// Symbolic links are not followed (`O_NOFOLLOW`), and only regular files are mapped: a
     /// user who can write into their Maildir must not make the server read other files.
     pub fn open(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)?;
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a regular file",
-            ));
-        }
-        Self::from_file(&file)
+        Self::from_file(&open_message(path)?)
     }
 
     /// Maps an open file.
@@ -67,6 +83,16 @@ impl MappedFile {
             let _ = map.advise(memmap2::Advice::WillNeed);
         }
         Ok(Self { map: Some(map) })
+    }
+
+    /// Length of the mapping.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The file's bytes.

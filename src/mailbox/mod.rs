@@ -37,7 +37,7 @@ pub use index::{Entry, Shape};
 pub use lock::{LockError, MaildropLock};
 pub use map::MappedFile;
 pub use name::MaildirName;
-pub use transfer::{crlf_size, TransferPlan, TERMINATOR};
+pub use transfer::{crlf_size, StreamTransform, TransferPlan, TERMINATOR};
 pub use uidl::UidlFormat;
 
 /// Which Maildir subdirectory a message was found in.
@@ -164,14 +164,19 @@ impl Snapshot {
         self.inner.root.join(m.sub.dir()).join(&*m.file_name)
     }
 
-    /// Opens and maps message `index`. If another agent moved it (new/ → cur/, or changed its
-    /// flags) it is found again by its base name. `NotFound` means it is gone.
+    /// Opens and maps message `index` (see [`Snapshot::open_file`]).
     pub fn open(&self, index: usize) -> io::Result<MappedFile> {
-        match MappedFile::open(&self.path(index)) {
+        MappedFile::from_file(&self.open_file(index)?)
+    }
+
+    /// Opens message `index` for reading. If another agent moved it (new/ → cur/, or changed
+    /// its flags) it is found again by its base name. `NotFound` means it is gone.
+    pub fn open_file(&self, index: usize) -> io::Result<std::fs::File> {
+        match map::open_message(&self.path(index)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let base = self.base(index);
                 match find_by_base(self.root(), base)? {
-                    Some(p) => MappedFile::open(&p),
+                    Some(p) => map::open_message(&p),
                     None => Err(e),
                 }
             }
@@ -358,10 +363,12 @@ fn load_uncached(root: &Path, opts: &LoadOptions, stamp: cache::Stamp) -> io::Re
             continue;
         }
         let stored = known.records.get(base);
-        let mut bytes: Option<MappedFile> = None;
-        let read = |bytes: &mut Option<MappedFile>| -> io::Result<bool> {
+        // Read, not mapped: a file truncated meanwhile then reads short instead of raising
+        // SIGBUS.
+        let mut bytes: Option<Vec<u8>> = None;
+        let read = |bytes: &mut Option<Vec<u8>>| -> io::Result<bool> {
             if bytes.is_none() {
-                match MappedFile::open(&root.join(sub.dir()).join(&file_name)) {
+                match map::read_message(&root.join(sub.dir()).join(&file_name)) {
                     Ok(m) => *bytes = Some(m),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                     Err(e) => return Err(e),
@@ -384,7 +391,7 @@ fn load_uncached(root: &Path, opts: &LoadOptions, stamp: cache::Stamp) -> io::Re
                 continue;
             }
             misses += 1;
-            index::scan(bytes.as_ref().expect("read").bytes())
+            index::scan(bytes.as_deref().expect("read"))
         };
         let saved = rec.and_then(|r| r.ext('P'));
         let uidl: Box<str> = match (saved, stored) {
@@ -399,7 +406,7 @@ fn load_uncached(root: &Path, opts: &LoadOptions, stamp: cache::Stamp) -> io::Re
                         if !read(&mut bytes)? {
                             continue;
                         }
-                        Some(uidl::header_md5(bytes.as_ref().expect("read").bytes()))
+                        Some(uidl::header_md5(bytes.as_deref().expect("read")))
                     } else {
                         None
                     };

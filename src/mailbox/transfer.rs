@@ -185,6 +185,128 @@ impl<'a> TransferPlan<'a> {
     }
 }
 
+/// A streaming version of [`TransferPlan`] for bytes that arrive in chunks (read with
+/// `pread`, never through a mapping, so a file truncated by another process can only make a
+/// read come up short, never raise SIGBUS). State that spans chunks (the byte before a LF,
+/// whether a line has just begun, TOP's position) is carried between calls.
+#[derive(Debug, Clone)]
+pub struct StreamTransform {
+    at_line_start: bool,
+    last: Option<u8>,
+    /// Bytes of the current line seen so far (for TOP's empty-line test).
+    line_len: u64,
+    top: Option<Top>,
+    done: bool,
+    consumed: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Top {
+    Headers { lines: u64 },
+    Body { left: u64 },
+}
+
+impl StreamTransform {
+    /// The whole message (RETR).
+    pub fn retr() -> Self {
+        Self::new(None)
+    }
+
+    /// Headers, the empty line and `lines` body lines (TOP).
+    pub fn top(lines: u64) -> Self {
+        Self::new(Some(Top::Headers { lines }))
+    }
+
+    fn new(top: Option<Top>) -> Self {
+        Self {
+            at_line_start: true,
+            last: None,
+            line_len: 0,
+            top,
+            done: false,
+            consumed: 0,
+        }
+    }
+
+    /// True once TOP has all it needs; further input is ignored.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Stored octets taken so far (TOP's cut applied).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Appends the wire form of the next `input` bytes to `out` (at most twice their size).
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        while start < input.len() && !self.done {
+            if self.at_line_start {
+                self.at_line_start = false;
+                if input[start] == b'.' {
+                    out.push(b'.');
+                }
+            }
+            match memchr::memchr(b'\n', &input[start..]) {
+                Some(i) => {
+                    let lf = start + i;
+                    out.extend_from_slice(&input[start..lf]);
+                    let had_cr = if lf > 0 {
+                        input[lf - 1] == b'\r'
+                    } else {
+                        self.last == Some(b'\r')
+                    };
+                    out.extend_from_slice(if had_cr { b"\n" } else { b"\r\n" });
+                    let line_len = self.line_len + i as u64;
+                    let empty = line_len == 0 || (line_len == 1 && had_cr);
+                    self.line_len = 0;
+                    self.at_line_start = true;
+                    start = lf + 1;
+                    self.end_of_line(empty);
+                }
+                None => {
+                    out.extend_from_slice(&input[start..]);
+                    self.line_len += (input.len() - start) as u64;
+                    start = input.len();
+                }
+            }
+        }
+        self.consumed += start as u64;
+        if start > 0 {
+            self.last = Some(input[start - 1]);
+        }
+    }
+
+    fn end_of_line(&mut self, empty: bool) {
+        self.top = match self.top {
+            Some(Top::Headers { lines }) if empty => {
+                if lines == 0 {
+                    self.done = true;
+                }
+                Some(Top::Body { left: lines })
+            }
+            Some(Top::Body { left }) => {
+                if left <= 1 {
+                    self.done = true;
+                }
+                Some(Top::Body {
+                    left: left.saturating_sub(1),
+                })
+            }
+            other => other,
+        };
+    }
+
+    /// Appends what ends the response: a CRLF if the last line had none, and the terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if matches!(self.last, Some(b) if b != b'\n') {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(TERMINATOR);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +390,66 @@ mod tests {
             &long,
         ] {
             check(src);
+        }
+    }
+
+    /// The streaming transform gives exactly TransferPlan's bytes, however the input is cut.
+    fn stream(src: &[u8], top: Option<u64>, chunk: usize) -> (Vec<u8>, u64) {
+        let mut t = match top {
+            None => StreamTransform::retr(),
+            Some(k) => StreamTransform::top(k),
+        };
+        let mut out = Vec::new();
+        for c in src.chunks(chunk.max(1)) {
+            t.push(c, &mut out);
+            if t.is_done() {
+                break;
+            }
+        }
+        t.finish(&mut out);
+        (out, t.consumed())
+    }
+
+    #[test]
+    fn stream_transform_matches_transfer_plan() {
+        let long = [b"X: ".to_vec(), b"y".repeat(5000), b"\n\nbody\n".to_vec()].concat();
+        let srcs: Vec<&[u8]> = vec![
+            b"",
+            b"a\n",
+            b"Subject: x\r\n\r\n.a\r\n..b\r\nc",
+            b"Subject: x\n\n.hidden\n..two\n.\nend\n",
+            b"S: x\r\n\nmixed\r\n\r\n\nlines\n",
+            b"no final newline",
+            b"lone\rcr\n\r\n\r",
+            b"\n\n\n",
+            b"Header-only: yes\n",
+            b".\r\n",
+            &long,
+        ];
+        for src in srcs {
+            for chunk in [1, 2, 3, 5, 64, 1 << 20] {
+                let (got, n) = stream(src, None, chunk);
+                assert_eq!(
+                    got,
+                    wire(&mut TransferPlan::retr(src), 4096),
+                    "{src:?} {chunk}"
+                );
+                assert_eq!(n, src.len() as u64);
+                for k in [0, 1, 2, 7, u64::MAX] {
+                    let (got, n) = stream(src, Some(k), chunk);
+                    let plan = TransferPlan::top(src, k);
+                    assert_eq!(
+                        n,
+                        plan.source().len() as u64,
+                        "{src:?} top {k} chunk {chunk}"
+                    );
+                    assert_eq!(
+                        got,
+                        wire(&mut TransferPlan::top(src, k), 4096),
+                        "{src:?} top {k}"
+                    );
+                }
+            }
         }
     }
 

@@ -1,9 +1,11 @@
 //! The per-connection driver: feeds a [`Session`] and carries out its [`Step`]s.
 //!
 //! Owns: reading and writing one connection, idle timeouts, running logins, message mapping
-//! and commits on the blocking pool, sending messages from their mappings (one vectored
-//! `sendmsg` for status line + message + terminator when the stored form is already wire
-//! form; a streamed transformation otherwise), holding and releasing the maildrop lock, and the
+//! and commits on the blocking pool, sending messages (one vectored `sendmsg` of status line +
+//! mapping + terminator when the index knows the stored form is already wire form and the
+//! connection is plaintext, so only the kernel reads the mapping; otherwise `pread` in 64 KiB
+//! chunks through a [`StreamTransform`], so a file truncated by another process reads short
+//! and can never raise SIGBUS), holding and releasing the maildrop lock, and the
 //! login/logout log lines. Also the TLS transport: the handshake before the greeting on an
 //! implicit-TLS listener and after `+OK` to STLS, both bounded by `tls.handshake_timeout_secs`.
 //! Under TLS a message goes from its mapping through rustls (which copies it once, encrypting)
@@ -32,7 +34,10 @@ use super::ops::ListenerSpec;
 use super::{sys, Registry, Shared};
 use crate::auth::penalty::ip_key;
 use crate::auth::{scheme, AuthOutcome, Credential, ScramAlg, ScramSecret, Secret};
-use crate::mailbox::{self, location, LockError, MaildropLock, Snapshot, TransferPlan, TERMINATOR};
+use crate::mailbox::{
+    self, location, LockError, MaildropLock, MappedFile, Shape, Snapshot, StreamTransform,
+    TERMINATOR,
+};
 use crate::metrics::{LoginOutcome, Penalty, Refusal};
 use crate::protocol::{
     AbortReason, ConnInfo, LoginRequest, LoginResult, Mechanism, RetrieveError, Session, Step,
@@ -489,21 +494,26 @@ impl Conn {
                         continue;
                     };
                     let snapshot = snapshot.clone();
+                    let entry = snapshot.messages()[index].entry;
+                    // Zero-copy only where nothing but the kernel reads the mapping: a
+                    // plaintext RETR of a message the index knows is already wire form.
+                    // Everything else is read with pread and transformed, so a file that
+                    // another process truncates reads short instead of raising SIGBUS.
+                    let zero_copy = lines.is_none()
+                        && matches!(self.stream, Transport::Plain(_))
+                        && entry.shape == Shape::Crlf
+                        && entry.dots == Some(false);
                     let started = std::time::Instant::now();
-                    let mapped = glommio::executor()
-                        .spawn_blocking(move || snapshot.open(index))
+                    let opened = glommio::executor()
+                        .spawn_blocking(move || open_body(&snapshot, index, zero_copy))
                         .await;
-                    match mapped {
-                        Ok(map) => {
+                    match opened {
+                        Ok(body) => {
                             session.retrieve_ready(&mut out);
-                            let plan = match lines {
-                                None => TransferPlan::retr(map.bytes()),
-                                Some(k) => TransferPlan::top(map.bytes(), k),
-                            };
+                            let taken = self.send_body(&mut out, body, lines).await?;
                             if lines.is_some() {
-                                session.count_top_octets(plan.source().len() as u64);
+                                session.count_top_octets(taken);
                             }
-                            self.send_message(&mut out, plan).await?;
                             self.registry
                                 .metrics
                                 .retrieved(lines.is_some(), started.elapsed());
@@ -625,29 +635,52 @@ impl Conn {
     }
 
     /// Sends the status line in `out` followed by the message's wire form and terminator.
-    async fn send_message(
+    /// Sends the status line in `out` followed by the message's wire form and terminator.
+    /// Returns the stored octets sent (TOP's cut applied).
+    async fn send_body(
         &mut self,
         out: &mut Vec<u8>,
-        mut plan: TransferPlan<'_>,
-    ) -> io::Result<()> {
-        if let Some(slice) = plan.as_slice() {
-            // Already wire form: straight from the mapping, no copy (under TLS, rustls's
-            // copy-and-encrypt is the only one).
-            self.write_parts(&[out, slice, TERMINATOR]).await?;
-            out.clear();
-            return self.flush_tls().await;
-        }
-        let mut chunk = vec![0u8; CHUNK.min(plan.source().len() * 2 + 64)];
-        let n = plan.fill(&mut chunk);
-        self.write_parts(&[out, &chunk[..n]]).await?;
-        out.clear();
-        loop {
-            let n = plan.fill(&mut chunk);
-            if n == 0 {
-                return self.flush_tls().await;
+        body: Body,
+        lines: Option<u64>,
+    ) -> io::Result<u64> {
+        match body {
+            Body::Mapped { map, ends_lf } => {
+                // Already wire form: straight from the mapping, no copy.
+                let tail: &[u8] = if ends_lf { TERMINATOR } else { b"\r\n.\r\n" };
+                self.write_parts(&[out, map.bytes(), tail]).await?;
+                out.clear();
+                self.flush_tls().await?;
+                Ok(map.len() as u64)
             }
-            self.count_sent(n);
-            self.stream.write_all(&chunk[..n]).await?;
+            Body::Read {
+                file,
+                mut chunk,
+                mut offset,
+            } => {
+                let mut t = match lines {
+                    None => StreamTransform::retr(),
+                    Some(k) => StreamTransform::top(k),
+                };
+                loop {
+                    // The status line and the first chunk leave together.
+                    t.push(&chunk, out);
+                    let end = chunk.len() < CHUNK || t.is_done();
+                    if end {
+                        t.finish(out);
+                    }
+                    self.write_parts(&[out]).await?;
+                    out.clear();
+                    if end {
+                        self.flush_tls().await?;
+                        return Ok(t.consumed());
+                    }
+                    offset += chunk.len() as u64;
+                    let f = file.clone();
+                    chunk = glommio::executor()
+                        .spawn_blocking(move || read_chunk(&f, chunk, offset))
+                        .await?;
+                }
+            }
         }
     }
 
@@ -796,6 +829,61 @@ impl CommandScan {
             }
         }
     }
+}
+
+/// A message opened for sending.
+enum Body {
+    /// Mapped; known to be wire form. `ends_lf` was read with pread, not through the mapping.
+    Mapped { map: MappedFile, ends_lf: bool },
+    /// To be read chunk by chunk with pread; `chunk` holds the bytes at `offset`.
+    Read {
+        file: Arc<std::fs::File>,
+        chunk: Vec<u8>,
+        offset: u64,
+    },
+}
+
+/// Opens message `index` (blocking): mapped for zero-copy, or with its first chunk read.
+fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<Body> {
+    use std::os::unix::fs::FileExt;
+    let file = snapshot.open_file(index)?;
+    if zero_copy {
+        let map = MappedFile::from_file(&file)?;
+        let mut last = [b'\n'];
+        if !map.is_empty() {
+            file.read_exact_at(&mut last, map.len() as u64 - 1)?;
+        }
+        return Ok(Body::Mapped {
+            map,
+            ends_lf: last[0] == b'\n',
+        });
+    }
+    let file = Arc::new(file);
+    let chunk = read_chunk(&file, Vec::new(), 0)?;
+    Ok(Body::Read {
+        file,
+        chunk,
+        offset: 0,
+    })
+}
+
+/// Reads up to [`CHUNK`] bytes at `offset` into `buf` (reusing its allocation); fewer means
+/// end of file.
+fn read_chunk(file: &std::fs::File, mut buf: Vec<u8>, offset: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    buf.resize(CHUNK, 0);
+    let mut n = 0;
+    while n < CHUNK {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Verifies credentials, finds the Maildir, takes its lock and reads the snapshot.
