@@ -394,3 +394,43 @@ fn pipelined_commands_answer_in_order() {
     assert_eq!(c.read_multi_body(), expected_wire(M3));
     assert!(c.read_line().starts_with("+OK Logging out"));
 }
+
+#[test]
+fn messages_around_the_read_chunk_size_are_exact() {
+    // The driver reads non-wire-form messages in 64 KiB chunks: sizes on and around the
+    // chunk boundaries, with a line end or a dot-line right at the boundary.
+    const CHUNK: usize = 64 * 1024;
+    let mut fx = Fixture::new();
+    fx.add_user("eve", "pw");
+    let mut bodies = Vec::new();
+    for (i, size) in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 2]
+        .into_iter()
+        .enumerate()
+    {
+        let mut m = b"Subject: chunks\n\n".to_vec();
+        while m.len() < size {
+            let line: &[u8] = if m.len().is_multiple_of(7) {
+                b".dot\n"
+            } else {
+                b"x\n"
+            };
+            m.extend_from_slice(line);
+        }
+        m.truncate(size);
+        let name = format!("17000000{i:02}.M1P1.h");
+        fx.deliver("eve", "new", &name, &m);
+        bodies.push(m);
+    }
+    fx.config("");
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("eve", "pw");
+    for (i, m) in bodies.iter().enumerate() {
+        let (st, body) = c.multi(&format!("RETR {}", i + 1));
+        assert!(st.starts_with("+OK"), "{st}");
+        assert_eq!(body, expected_wire(m), "message of {} octets", m.len());
+        let (_, top) = c.multi(&format!("TOP {} 3", i + 1));
+        assert_eq!(top, common::expected_top(m, 3), "TOP of {} octets", m.len());
+    }
+    c.cmd("QUIT");
+}
