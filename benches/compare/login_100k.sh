@@ -103,7 +103,7 @@ level = "warn"
 [privileges]
 allow_root = true
 CONF
-"$BIN" serve --config "$W/corepop.toml" --listen "127.0.0.1:$PC" --threads 1 > "$W/corepop.out" 2>&1 & echo $! > "$W/corepop.pid"
+"$BIN" serve --allow-root --config "$W/corepop.toml" --listen "127.0.0.1:$PC" --threads 1 > "$W/corepop.out" 2>&1 & echo $! > "$W/corepop.pid"
 sleep 2
 
 python3 - "$W" "$PD" "$PC" <<'PY'
@@ -192,7 +192,7 @@ level = "warn"
 allow_root = true
 CONF
 # mimalloc returns freed pages at once, so RSS follows live memory closely.
-MIMALLOC_PURGE_DELAY=0 "$BIN" serve --config "$W/idle.toml" --listen "127.0.0.1:$PI" --threads 1 > "$W/idle.out" 2>&1 & echo $! > "$W/idle.pid"
+MIMALLOC_PURGE_DELAY=0 "$BIN" serve --allow-root --config "$W/idle.toml" --listen "127.0.0.1:$PI" --threads 1 > "$W/idle.out" 2>&1 & echo $! > "$W/idle.pid"
 sleep 2
 python3 - "$PI" "$(cat "$W/idle.pid")" "$IDLE" "$IDLE_MSGS" <<'PY'
 import socket, sys, time

@@ -249,7 +249,7 @@ DOVECOT_ADDR=127.0.0.1:$DPORT
   printf '[mail]\nlocation = "maildir:%s/%%u/Maildir"\n' "$TMP/corpus/mail"
 } >"$TMP/corepop.toml"
 log "starting corepop ($COREPOP)"
-"$COREPOP" serve --config "$TMP/corepop.toml" --listen 127.0.0.1:0 </dev/null \
+"$COREPOP" serve --allow-root --config "$TMP/corepop.toml" --listen 127.0.0.1:0 </dev/null \
   >"$TMP/corepop.out" 2>"$TMP/corepop.log" &
 COREPOP_PID=$!
 SERVER_PIDS+=("$COREPOP_PID")
