@@ -260,6 +260,12 @@ pub struct Globals {
     /// Cores that did not answer the scrape in time (their counters are missing).
     pub shards_missing: u64,
     pub start_time_secs: u64,
+    /// Logins whose snapshot came from the shared in-memory index.
+    pub index_hits: u64,
+    /// Logins whose snapshot was built from the directories and the on-disk index.
+    pub index_misses: u64,
+    /// On-disk index rewrites (new or removed messages, or a damaged index rebuilt).
+    pub index_writes: u64,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -428,6 +434,29 @@ pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String 
         "Start time of the process since the Unix epoch.",
     );
     let _ = writeln!(o, "corepop_start_time_seconds {}", g.start_time_secs);
+    header(
+        &mut o,
+        "corepop_index_lookups_total",
+        "counter",
+        "Logins by where their maildrop snapshot came from: the shared in-memory index (hit) or the directories and on-disk index (miss).",
+    );
+    let _ = writeln!(
+        o,
+        "corepop_index_lookups_total{{result=\"hit\"}} {}",
+        g.index_hits
+    );
+    let _ = writeln!(
+        o,
+        "corepop_index_lookups_total{{result=\"miss\"}} {}",
+        g.index_misses
+    );
+    header(
+        &mut o,
+        "corepop_index_writes_total",
+        "counter",
+        "On-disk index rewrites: new or removed messages, or a damaged index rebuilt.",
+    );
+    let _ = writeln!(o, "corepop_index_writes_total {}", g.index_writes);
     o
 }
 

@@ -415,6 +415,27 @@ fn metrics_endpoint_counts_what_happened() {
     );
     assert!(metric(&text, "corepop_bytes_sent_total") > MSG.len() as u64);
     assert!(text.contains("# TYPE corepop_retrieve_duration_seconds histogram"));
+    // One login built the snapshot from disk (and wrote the index: the message was new).
+    assert_eq!(
+        metric(&text, "corepop_index_lookups_total{result=\"miss\"}"),
+        1
+    );
+    assert_eq!(metric(&text, "corepop_index_writes_total"), 1);
+    // A second login of the unchanged Maildir shares the in-memory snapshot. (The cache
+    // trusts a directory stamp only once it is over a second old.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    c.cmd("QUIT");
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    c.cmd("QUIT");
+    eventually("index hit counted", || {
+        metric(
+            &scrape(admin),
+            "corepop_index_lookups_total{result=\"hit\"}",
+        ) >= 1
+    });
 
     // The logout line: client address, Dovecot-like counters and bytes; never the password.
     let log = srv.stderr_text();

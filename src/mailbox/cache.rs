@@ -106,6 +106,19 @@ impl Stamp {
 pub struct IndexCache {
     map: ShardedLock<HashMap<PathBuf, Snapshot>>,
     capacity: usize,
+    stats: CacheStats,
+}
+
+/// Process-wide counters of how logins got their snapshot (for metrics). Touched once per
+/// login, never per command, so plain atomics are fine here.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Snapshot shared from memory (no directory listing).
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Snapshot built from the directories and the on-disk index.
+    pub misses: std::sync::atomic::AtomicU64,
+    /// On-disk index rewritten (new or removed messages, or a damaged index rebuilt).
+    pub index_writes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for IndexCache {
@@ -128,7 +141,13 @@ impl IndexCache {
         IndexCache {
             map: ShardedLock::new(HashMap::new()),
             capacity: capacity.max(1),
+            stats: CacheStats::default(),
         }
+    }
+
+    /// Hit, miss and index-write counts since start.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
     }
 
     /// The cached snapshot of `root` if it still matches `current`.

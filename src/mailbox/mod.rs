@@ -122,13 +122,19 @@ impl Snapshot {
     ) -> io::Result<Snapshot> {
         ensure_maildir(root)?;
         let stamp = cache::Stamp::read(root)?;
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some(c) = cache {
             if let Some(s) = c.get(root, &stamp) {
+                c.stats().hits.fetch_add(1, Relaxed);
                 return Ok(s);
             }
         }
-        let snapshot = load_uncached(root, opts, stamp)?;
+        let (snapshot, wrote_index) = load_uncached(root, opts, stamp)?;
         if let Some(c) = cache {
+            c.stats().misses.fetch_add(1, Relaxed);
+            if wrote_index {
+                c.stats().index_writes.fetch_add(1, Relaxed);
+            }
             c.put(root, &snapshot);
         }
         Ok(snapshot)
@@ -277,7 +283,13 @@ enum UidSource {
     None,
 }
 
-fn load_uncached(root: &Path, opts: &LoadOptions, stamp: cache::Stamp) -> io::Result<Snapshot> {
+/// Builds a snapshot from the directories; the flag says whether the on-disk index was written.
+fn load_uncached(
+    root: &Path,
+    opts: &LoadOptions,
+    stamp: cache::Stamp,
+) -> io::Result<(Snapshot, bool)> {
+    let mut wrote_index = false;
     let found = list(root)?;
     let dovecot = match uidlist::read_dovecot(root) {
         Ok(l) => Ok(l),
@@ -458,17 +470,23 @@ fn load_uncached(root: &Path, opts: &LoadOptions, stamp: cache::Stamp) -> io::Re
             uidvalidity,
             recs.iter().map(|(b, r)| (*b, r)),
         );
-        if let Err(e) = index::store(root, &bytes) {
-            tracing::warn!(dir = %root.display(), error = %e, "cannot write index; will retry at next login");
+        match index::store(root, &bytes) {
+            Ok(()) => wrote_index = true,
+            Err(e) => {
+                tracing::warn!(dir = %root.display(), error = %e, "cannot write index; will retry at next login");
+            }
         }
     }
-    Ok(Snapshot {
-        inner: Arc::new(Inner {
-            root: root.to_path_buf(),
-            messages,
-            stamp,
-        }),
-    })
+    Ok((
+        Snapshot {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                messages,
+                stamp,
+            }),
+        },
+        wrote_index,
+    ))
 }
 
 /// Creates `root/{cur,new,tmp}` (mode 0700) where missing.

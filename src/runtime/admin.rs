@@ -103,6 +103,13 @@ fn scrape(
         reloads_failed: shared.ops.reloads_failed.load(Ordering::Relaxed),
         shards_missing: missing,
         start_time_secs: shared.ops.start_time_secs,
+        index_hits: shared.index_cache.stats().hits.load(Ordering::Relaxed),
+        index_misses: shared.index_cache.stats().misses.load(Ordering::Relaxed),
+        index_writes: shared
+            .index_cache
+            .stats()
+            .index_writes
+            .load(Ordering::Relaxed),
     };
     metrics::render(&sum, labels, &globals)
 }
