@@ -844,3 +844,57 @@ fn sighup_reloads_certificates() {
     c.login();
     assert!(c.cmd("QUIT").starts_with("+OK"));
 }
+
+#[test]
+fn tls_client_hello_on_the_plaintext_port_gets_err_and_others_are_served() {
+    let s = Setup::new();
+    // A real ClientHello, as a client configured for POP3S would send to port 110 by mistake.
+    let mut conn = rustls::ClientConnection::new(
+        client_config(&s.certs.ca),
+        ServerName::try_from("localhost".to_string()).unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert!(
+        hello.len() > 100 && hello[0] == 0x16,
+        "not a TLS handshake record"
+    );
+
+    let mut sock = tcp(s.plain);
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&hello).unwrap();
+    sock.write_all(b"\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let start = Instant::now();
+    while !got.ends_with(b"\r\n") || got.split(|&b| b == b'\n').count() < 3 {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let mut lines = text.lines();
+    assert!(
+        lines.next().unwrap_or("").starts_with("+OK"),
+        "greeting: {text}"
+    );
+    let replies: Vec<&str> = lines.collect();
+    assert!(!replies.is_empty(), "no reply to the ClientHello: {text}");
+    for r in &replies {
+        assert!(
+            r.starts_with("-ERR"),
+            "the ClientHello was answered with {r:?}"
+        );
+    }
+    drop(sock);
+    // Everyone else is still served.
+    let mut ok = Client { s: tcp(s.plain) };
+    assert!(ok.line().starts_with("+OK"));
+    ok.login();
+    assert!(ok.cmd("QUIT").starts_with("+OK"));
+}
