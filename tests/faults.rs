@@ -359,3 +359,38 @@ fn truncate_during_retr(crlf: bool) {
     );
     bob_is_fine(&server);
 }
+
+/// A Maildir the server's (dropped) user may not read: `-ERR [SYS/PERM]` (a misconfiguration,
+/// not worth retrying) to that user only.
+#[test]
+fn permission_denied_maildir_gives_sys_perm_to_that_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = fixture();
+    fx.config("[privileges]\nuser = \"nobody\"\n");
+    let chmod = |p: &Path, mode: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // The server runs as nobody: it may traverse the fixture and owns bob's Maildir, while
+    // alice's Maildir stays root's, mode 0700.
+    for p in [
+        fx.path().to_path_buf(),
+        fx.path().join("mail"),
+        fx.path().join("mail/bob"),
+    ] {
+        chmod(&p, 0o755);
+    }
+    chmod(&fx.path().join("mail/alice"), 0o755);
+    chmod(&fx.maildir("alice"), 0o700);
+    let st = Command::new("chown")
+        .args(["-R", "nobody"])
+        .arg(fx.maildir("bob"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown (the test needs root)");
+    let server = Server::start(&fx, &[]);
+    let mut c = RawClient::connect(server.addr, T).unwrap();
+    let r = c.login("alice", "pw").unwrap();
+    assert!(r.starts_with("-ERR [SYS/PERM]"), "{r}");
+    wait_log(&server, "Permission denied");
+    bob_is_fine(&server);
+}

@@ -984,14 +984,14 @@ fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>
     };
     if let Err(e) = mailbox::ensure_maildir(&root) {
         tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot create Maildir");
-        return Login::TempFail;
+        return io_failure(&e);
     }
     let lock = match MaildropLock::acquire(&root) {
         Ok(l) => l,
         Err(LockError::InUse) => return Login::InUse,
         Err(LockError::Io(e)) => {
             tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot lock maildrop");
-            return Login::TempFail;
+            return io_failure(&e);
         }
     };
     match Snapshot::load_with(&root, &shared.mail_opts, Some(&shared.index_cache)) {
@@ -1011,8 +1011,18 @@ fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>
         },
         Err(e) => {
             tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot read maildrop");
-            Login::TempFail
+            io_failure(&e)
         }
+    }
+}
+
+/// RFC 3206: a permission problem is a misconfiguration that will not go away by retrying
+/// ([SYS/PERM]); other I/O errors may pass ([SYS/TEMP]).
+fn io_failure(e: &io::Error) -> Login {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        Login::PermFail
+    } else {
+        Login::TempFail
     }
 }
 
