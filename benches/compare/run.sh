@@ -90,179 +90,20 @@ fi
 "$COREPOP" bench --help >/dev/null 2>&1 ||
   die "$COREPOP has no 'bench' subcommand (wire corepop::loadgen::run into src/main.rs)"
 
-# ---- temporary directory and cleanup ------------------------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/corepop-compare.XXXXXX")
-chmod 755 "$TMP" # Dovecot's auth and mail processes run as 'dovecot' and must traverse it
-SERVER_PIDS=()
-FAILED=1
-
-kill_tree_pids() { # the pid and all its descendants, from /proc
-  local root=$1
-  python3 - "$root" <<'EOF'
-import os, sys
-root = int(sys.argv[1])
-kids = {}
-for p in os.listdir("/proc"):
-    if p.isdigit():
-        try:
-            s = open(f"/proc/{p}/stat").read()
-            ppid = int(s[s.rindex(")") + 2:].split()[1])
-            kids.setdefault(ppid, []).append(int(p))
-        except (OSError, ValueError):
-            pass
-out, stack = [], [root]
-while stack:
-    p = stack.pop()
-    out.append(p)
-    stack.extend(kids.get(p, []))
-print(" ".join(map(str, out)))
-EOF
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local pid tree all=()
-  for pid in "${SERVER_PIDS[@]}"; do
-    tree=$(kill_tree_pids "$pid" 2>/dev/null || echo "$pid")
-    # shellcheck disable=SC2206
-    all+=($tree)
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${SERVER_PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-  done
-  for pid in "${all[@]}"; do # anything of theirs still running
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  if [[ $FAILED == 1 ]]; then
-    for f in "$TMP/corepop.log" "$TMP/dovecot/log"; do
-      [[ -s $f ]] && {
-        log "last lines of $f:"
-        tail -n 15 "$f" >&2
-      }
-    done
-  fi
-  if [[ $KEEP == 1 ]]; then
-    log "kept $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# ---- temporary directory, cleanup on exit, server start-up: shared with the other scripts -
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+lib_init
 
 # ---- 1. corpus ----------------------------------------------------------------------------
 log "generating the corpus: $USERS users x $MSGS messages in $TMP"
 CORPUS_STATS=$(python3 "$HERE/gen_corpus.py" --out "$TMP/corpus" --users "$USERS" --messages "$MSGS" \
   --idle-users "$IDLE")
 log "corpus: $CORPUS_STATS"
-cp -al "$TMP/corpus/mail" "$TMP/mail-dovecot"
-chown -R dovecot:dovecot "$TMP/mail-dovecot"
 
 # ---- 2. servers ---------------------------------------------------------------------------
-D=$TMP/dovecot
-mkdir -p "$D/run" "$D/state"
-DPORT=$(free_port)
-PLIMIT=$((IDLE + MAXC + 64 > 1024 ? IDLE + MAXC + 64 : 1024))
-cat >"$D/dovecot.conf" <<EOF
-# Private Dovecot for benches/compare/run.sh: loopback only, no TLS, state in $D.
-base_dir = $D/run
-state_dir = $D/state
-log_path = $D/log
-instance_name = corepop-compare-$DPORT
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-first_valid_uid = 1
-default_login_user = dovenull
-default_internal_user = dovecot
-default_process_limit = $PLIMIT
-default_client_limit = 10000
-default_vsz_limit = 1G
-mail_location = maildir:$TMP/mail-dovecot/%u/Maildir
-passdb {
-  driver = passwd-file
-  args = $TMP/corpus/passwd
-}
-userdb {
-  driver = static
-  args = uid=dovecot gid=dovecot home=$TMP/mail-dovecot/%u
-}
-# Throughput tuning: long-lived login processes ("high-performance mode"), pre-forked, and
-# pop3 processes reused for many sessions (one session at a time each).
-service pop3-login {
-  inet_listener pop3 {
-    address = 127.0.0.1
-    port = $DPORT
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-  service_count = 0
-  process_min_avail = 2
-}
-service pop3 {
-  process_limit = $PLIMIT
-  client_limit = 1
-  service_count = $DOVECOT_POP3_SERVICE_COUNT
-  process_min_avail = 2
-}
-service anvil {
-  chroot =
-}
-service stats {
-  unix_listener stats-reader {
-    mode = 0666
-  }
-  unix_listener stats-writer {
-    mode = 0666
-  }
-}
-EOF
-log "starting Dovecot $(dovecot --version | cut -d' ' -f1) on 127.0.0.1:$DPORT"
-dovecot -F -c "$D/dovecot.conf" </dev/null >"$D/stdout" 2>&1 &
-DOVECOT_PID=$!
-SERVER_PIDS+=("$DOVECOT_PID")
-for i in $(seq 200); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$DPORT") 2>/dev/null; then break; fi
-  kill -0 "$DOVECOT_PID" 2>/dev/null || die "Dovecot exited: $(cat "$D/stdout" "$D/log" 2>/dev/null | tail -5)"
-  ((i < 200)) || die "Dovecot did not listen on $DPORT"
-  sleep 0.1
-done
-DOVECOT_ADDR=127.0.0.1:$DPORT
-
-{
-  [[ -n $COREPOP_THREADS ]] && printf '[server]\nthreads = %s\n' "$COREPOP_THREADS"
-  printf '[auth]\npasswd_file = "%s"\nfailure_delay_ms = 0\n' "$TMP/corpus/passwd"
-  printf '[mail]\nlocation = "maildir:%s/%%u/Maildir"\n' "$TMP/corpus/mail"
-} >"$TMP/corepop.toml"
-log "starting corepop ($COREPOP)"
-"$COREPOP" serve --allow-root --config "$TMP/corepop.toml" --listen 127.0.0.1:0 </dev/null \
-  >"$TMP/corepop.out" 2>"$TMP/corepop.log" &
-COREPOP_PID=$!
-SERVER_PIDS+=("$COREPOP_PID")
-COREPOP_ADDR=
-for i in $(seq 200); do
-  COREPOP_ADDR=$(sed -n 's/^corepop: listening on //p' "$TMP/corepop.out" | head -n 1)
-  [[ -n $COREPOP_ADDR ]] && break
-  kill -0 "$COREPOP_PID" 2>/dev/null || die "corepop exited: $(tail -5 "$TMP/corepop.log")"
-  ((i < 200)) || die "corepop did not report its address"
-  sleep 0.1
-done
-[[ $COREPOP_ADDR == 127.0.0.1:* ]] || die "corepop listens on $COREPOP_ADDR, not loopback"
-log "corepop on $COREPOP_ADDR"
+start_dovecot "$TMP/corpus/mail" "$TMP/corpus/passwd" $((IDLE + MAXC + 64))
+start_corepop "$TMP/corpus/mail" "$TMP/corpus/passwd" "$COREPOP_THREADS"
 
 addr_of() { if [[ $1 == corepop ]]; then echo "$COREPOP_ADDR"; else echo "$DOVECOT_ADDR"; fi; }
 pid_of() { if [[ $1 == corepop ]]; then echo "$COREPOP_PID"; else echo "$DOVECOT_PID"; fi; }
