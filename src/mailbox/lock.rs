@@ -7,8 +7,11 @@
 //! sessions under a 20,000-fd limit), so the lock is a *token written into the file*, not an
 //! open `flock`. `flock` is used only for the few microseconds it takes to read and write the
 //! token, which makes take-over of a stale lock race-free. The token is
-//! `pid starttime host nonce`:
-//! - same host, same pid and nonce as this process: held by another session here;
+//! `pid starttime host nonce seq` (`seq` makes every lock's token unique, so releasing an old
+//! lock never clears a newer one):
+//! - same host, same pid and nonce as this process: held if a session of this process holds
+//!   it, according to the in-process set of held Maildirs (so a release that could not be
+//!   written, e.g. for want of a free descriptor, does not leave the maildrop locked);
 //! - same host, another pid: held while that pid runs with the same start time (a crashed
 //!   owner, or a pid reused by an unrelated process, makes it stale);
 //! - another host (NFS): held until the file is older than [`FOREIGN_STALE`].

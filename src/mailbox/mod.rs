@@ -170,11 +170,6 @@ impl Snapshot {
         self.inner.root.join(m.sub.dir()).join(&*m.file_name)
     }
 
-    /// Opens and maps message `index` (see [`Snapshot::open_file`]).
-    pub fn open(&self, index: usize) -> io::Result<MappedFile> {
-        MappedFile::from_file(&self.open_file(index)?)
-    }
-
     /// Opens message `index` for reading. If another agent moved it (new/ → cur/, or changed
     /// its flags) it is found again by its base name. `NotFound` means it is gone.
     pub fn open_file(&self, index: usize) -> io::Result<std::fs::File> {
@@ -559,7 +554,10 @@ mod tests {
             root.join("cur/1700000002.M1P1.h:2,S"),
         )
         .unwrap();
-        assert_eq!(s.open(2).unwrap().bytes(), b"a\nb\n");
+        assert_eq!(
+            std::io::read_to_string(s.open_file(2).unwrap()).unwrap(),
+            "a\nb\n"
+        );
         assert_eq!(s.commit(&[0, 2]), 0);
         let left = Snapshot::load(&root).unwrap();
         assert_eq!(left.messages().len(), 1);
