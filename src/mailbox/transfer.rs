@@ -75,19 +75,25 @@ pub fn is_wire_clean(src: &[u8]) -> bool {
     true
 }
 
-/// A streaming transformation of one message (or its TOP part) into wire bytes, terminator
-/// included.
+/// The wire form of one whole in-memory message (or its TOP part), terminator included: the
+/// slice to send as is when it is already wire form ([`TransferPlan::as_slice`]), otherwise
+/// the bytes of a [`StreamTransform`] fed from the slice ([`TransferPlan::fill`]). The
+/// transformation itself lives only in [`StreamTransform`].
 #[derive(Debug)]
 pub struct TransferPlan<'a> {
     src: &'a [u8],
+    /// Next source byte to feed to the transform.
     pos: usize,
     clean: bool,
-    at_line_start: bool,
-    /// A small insert still to be written, and how much of it is written.
-    pend: &'static [u8],
-    pend_pos: usize,
-    tail_queued: bool,
+    stream: StreamTransform,
+    /// Transformed bytes not yet handed out.
+    staged: Vec<u8>,
+    staged_pos: usize,
+    finished: bool,
 }
+
+/// Source bytes transformed per step of [`TransferPlan::fill`].
+const STEP: usize = 16 * 1024;
 
 impl<'a> TransferPlan<'a> {
     /// The whole message, for RETR.
@@ -105,10 +111,10 @@ impl<'a> TransferPlan<'a> {
             src,
             pos: 0,
             clean: is_wire_clean(src),
-            at_line_start: true,
-            pend: b"",
-            pend_pos: 0,
-            tail_queued: false,
+            stream: StreamTransform::retr(),
+            staged: Vec::new(),
+            staged_pos: 0,
+            finished: false,
         }
     }
 
@@ -126,66 +132,34 @@ impl<'a> TransferPlan<'a> {
     /// Writes the next wire bytes (the terminator included, at the end) into `buf` and returns
     /// how many; 0 means the plan is finished.
     pub fn fill(&mut self, buf: &mut [u8]) -> usize {
-        let src = self.src;
         let mut w = 0;
-        loop {
-            if self.pend_pos < self.pend.len() {
-                let n = (self.pend.len() - self.pend_pos).min(buf.len() - w);
-                buf[w..w + n].copy_from_slice(&self.pend[self.pend_pos..self.pend_pos + n]);
+        while w < buf.len() {
+            if self.staged_pos < self.staged.len() {
+                let n = (self.staged.len() - self.staged_pos).min(buf.len() - w);
+                buf[w..w + n].copy_from_slice(&self.staged[self.staged_pos..self.staged_pos + n]);
                 w += n;
-                self.pend_pos += n;
-                if self.pend_pos < self.pend.len() {
-                    return w;
-                }
-            }
-            if self.pos >= src.len() {
-                if self.tail_queued {
-                    return w;
-                }
-                self.tail_queued = true;
-                let needs_crlf = !src.is_empty() && src[src.len() - 1] != b'\n';
-                self.set_pend(if needs_crlf { b"\r\n.\r\n" } else { TERMINATOR });
+                self.staged_pos += n;
                 continue;
             }
-            if w == buf.len() {
-                return w;
+            if self.finished {
+                break;
             }
-            if self.at_line_start {
-                self.at_line_start = false;
-                if src[self.pos] == b'.' {
-                    self.set_pend(b".");
-                    continue;
-                }
-            }
-            let rest = &src[self.pos..];
-            let (content, at_lf) = match memchr::memchr(b'\n', rest) {
-                Some(i) => (i, true),
-                None => (rest.len(), false),
-            };
-            let n = content.min(buf.len() - w);
-            buf[w..w + n].copy_from_slice(&rest[..n]);
-            w += n;
-            self.pos += n;
-            if n < content {
-                return w;
-            }
-            if at_lf {
-                let lf = self.pos;
-                let had_cr = lf > 0 && src[lf - 1] == b'\r';
-                self.pos = lf + 1;
-                self.at_line_start = true;
-                self.set_pend(if had_cr { b"\n" } else { b"\r\n" });
+            self.staged.clear();
+            self.staged_pos = 0;
+            if self.pos < self.src.len() {
+                let end = (self.pos + STEP).min(self.src.len());
+                self.stream.push(&self.src[self.pos..end], &mut self.staged);
+                self.pos = end;
+            } else {
+                self.stream.finish(&mut self.staged);
+                self.finished = true;
             }
         }
-    }
-
-    fn set_pend(&mut self, bytes: &'static [u8]) {
-        self.pend = bytes;
-        self.pend_pos = 0;
+        w
     }
 }
 
-/// A streaming version of [`TransferPlan`] for bytes that arrive in chunks (read with
+/// POP3 wire form (see the module docs) produced from bytes that arrive in chunks (read with
 /// `pread`, never through a mapping, so a file truncated by another process can only make a
 /// read come up short, never raise SIGBUS). State that spans chunks (the byte before a LF,
 /// whether a line has just begun, TOP's position) is carried between calls.
