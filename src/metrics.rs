@@ -40,10 +40,8 @@ pub enum LoginOutcome {
 
 /// Commands counted by name (anything else counts as `unknown`), in [`Snapshot::commands`]
 /// order.
-pub const COMMANDS: [&str; 17] = [
-    "USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "QUIT", "TOP",
-    "UIDL", "CAPA", "STLS", "LAST", "unknown",
-];
+pub const COMMANDS: [&str; crate::protocol::command::KEYWORDS.len()] =
+    crate::protocol::command::KEYWORDS;
 
 /// Why a connection was refused or a penalty applied, in [`Snapshot::refused`] order.
 pub const REFUSALS: [&str; 4] = [
@@ -136,12 +134,13 @@ impl ShardMetrics {
         Self::inc(&self.logins[o as usize], 1);
     }
     /// A command with this name (any case) arrived.
-    pub fn command(&self, name: &[u8]) {
+    /// `n` more command lines with keyword `name` (one of [`COMMANDS`]).
+    pub fn command(&self, name: &str, n: u32) {
         let i = COMMANDS
             .iter()
-            .position(|c| c.as_bytes().eq_ignore_ascii_case(name))
+            .position(|c| *c == name)
             .unwrap_or(COMMANDS.len() - 1);
-        Self::inc(&self.commands[i], 1);
+        Self::inc(&self.commands[i], u64::from(n));
     }
     pub fn refused(&self, r: Refusal) {
         Self::inc(&self.refused[r as usize], 1);
@@ -474,8 +473,8 @@ mod tests {
         b.closed();
         a.login(LoginOutcome::Ok);
         b.login(LoginOutcome::Failed);
-        a.command(b"retr");
-        a.command(b"XYZZY");
+        a.command("RETR", 1);
+        a.command("unknown", 1);
         a.sent(10);
         b.sent(5);
         a.retrieved(false, Duration::from_millis(3));

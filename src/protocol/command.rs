@@ -87,6 +87,22 @@ impl ParseError {
     }
 }
 
+/// Command keywords counted for metrics, in a fixed order; the last one stands for anything
+/// that is not a POP3 command.
+pub const KEYWORDS: [&str; 16] = [
+    "USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "QUIT", "TOP",
+    "UIDL", "CAPA", "STLS", "unknown",
+];
+
+/// Index into [`KEYWORDS`] of a command line's keyword (case-insensitive).
+pub fn keyword_index(line: &[u8]) -> usize {
+    let word = line.split(|&b| b == b' ').next().unwrap_or(b"");
+    KEYWORDS[..KEYWORDS.len() - 1]
+        .iter()
+        .position(|k| k.as_bytes().eq_ignore_ascii_case(word))
+        .unwrap_or(KEYWORDS.len() - 1)
+}
+
 /// Parses one command line (without its line ending).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     let (keyword, rest) = match memchr::memchr(b' ', line) {

@@ -345,6 +345,9 @@ pub struct Session<M> {
     stats: Stats,
     exchange: Option<Exchange>,
     scram_signature: Option<Vec<u8>>,
+    /// Command lines seen since [`Session::take_command_counts`] last drained them, by
+    /// [`command::KEYWORDS`] index (SASL responses are not commands and are not counted).
+    commands: [u16; command::KEYWORDS.len()],
 }
 
 fn put_num(out: &mut Vec<u8>, n: u64) {
@@ -382,6 +385,7 @@ impl<M: Maildrop> Session<M> {
             stats: Stats::default(),
             exchange: None,
             scram_signature: None,
+            commands: [0; command::KEYWORDS.len()],
         }
     }
 
@@ -421,6 +425,17 @@ impl<M: Maildrop> Session<M> {
         match &self.state {
             State::Transaction(t) => Some(&t.drop),
             _ => None,
+        }
+    }
+
+    /// Hands the command counts since the last call to `f` (keyword, count) and resets them.
+    /// The runtime calls it before it reads more input; the counts are bounded by what one
+    /// buffer of input can hold, so they never saturate in practice.
+    pub fn take_command_counts(&mut self, mut f: impl FnMut(&'static str, u32)) {
+        for (k, n) in self.commands.iter_mut().enumerate() {
+            if *n > 0 {
+                f(command::KEYWORDS[k], u32::from(std::mem::take(n)));
+            }
         }
     }
 
@@ -490,6 +505,8 @@ impl<M: Maildrop> Session<M> {
             let step = if self.exchange.is_some() {
                 self.sasl_input(bytes, out)
             } else {
+                let k = command::keyword_index(bytes);
+                self.commands[k] = self.commands[k].saturating_add(1);
                 match command::parse(bytes) {
                     Ok(cmd) => self.handle(cmd, out),
                     Err(e) => {

@@ -903,3 +903,17 @@ fn sasl_transcript_in_chunks() {
         "{text}"
     );
 }
+
+#[test]
+fn command_counts_by_keyword_are_drained_once() {
+    let mut h = Harness::new();
+    h.send("user alice\r\nPASS secret word\r\nSTAT\r\nSTAT\r\nFOO\r\n");
+    let mut counts = Vec::new();
+    h.s.take_command_counts(|k, n| counts.push((k, n)));
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![("PASS", 1), ("STAT", 2), ("USER", 1), ("unknown", 1)]
+    );
+    h.s.take_command_counts(|k, n| panic!("drained twice: {k} {n}"));
+}

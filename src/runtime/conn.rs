@@ -350,9 +350,10 @@ impl Conn {
         let mut out = Vec::with_capacity(256);
         session.greeting(&mut out);
         let mut buf = [0u8; READ_BUF];
-        let mut scan = CommandScan::default();
         loop {
-            match session.poll(&mut out) {
+            let step = session.poll(&mut out);
+            session.take_command_counts(|k, n| registry.metrics.command(k, n));
+            match step {
                 Step::NeedInput => {
                     self.flush(&mut out).await?;
                     session.shrink_if_idle();
@@ -394,7 +395,6 @@ impl Conn {
                     }
                     self.received += n as u64;
                     registry.metrics.received(n);
-                    scan.feed(&buf[..n], &registry.metrics);
                     session.feed(&buf[..n]);
                 }
                 Step::Flush => self.flush(&mut out).await?,
@@ -798,42 +798,6 @@ impl Conn {
             m.lock_conflict();
         }
         m.login(o);
-    }
-}
-
-/// Counts commands by name from the bytes a client sends (the first word of each line),
-/// across reads, without keeping the lines.
-#[derive(Default)]
-struct CommandScan {
-    word: [u8; 4],
-    len: u8,
-    /// Inside a line whose first word was already counted (or was too long).
-    rest_of_line: bool,
-}
-
-impl CommandScan {
-    fn feed(&mut self, bytes: &[u8], m: &crate::metrics::ShardMetrics) {
-        for &b in bytes {
-            if b == b'\n' {
-                if !self.rest_of_line && self.len > 0 {
-                    m.command(&self.word[..self.len as usize]);
-                }
-                self.len = 0;
-                self.rest_of_line = false;
-            } else if self.rest_of_line {
-            } else if b == b' ' || b == b'\r' {
-                if self.len > 0 {
-                    m.command(&self.word[..self.len as usize]);
-                }
-                self.rest_of_line = true;
-            } else if (self.len as usize) < self.word.len() && b.is_ascii_alphabetic() {
-                self.word[self.len as usize] = b;
-                self.len += 1;
-            } else {
-                m.command(b"");
-                self.rest_of_line = true;
-            }
-        }
     }
 }
 
