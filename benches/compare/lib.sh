@@ -8,6 +8,13 @@
 #   tree_pids PID                                      -> PID and all its descendants
 #   tree_rss_kb PID                                    -> summed VmRSS of that tree, in kB
 # MAILDIR_ROOT holds <user>/Maildir; Dovecot gets a hard-linked copy (it renames new/ -> cur/).
+#
+# Optional TLS (tls.sh): set LIB_TLS_CERT and LIB_TLS_KEY (PEM files) before start_dovecot /
+# start_corepop and each server also gets an implicit-TLS listener on 127.0.0.1 with that
+# certificate -> DOVECOT_TLS_ADDR, COREPOP_TLS_ADDR. Dovecot then runs with `ssl = required`
+# (its plaintext listener offers STLS; note that Dovecot counts loopback connections as
+# secured, so it would still accept plaintext logins there); corepop offers STLS on its
+# plaintext listener too. Unset (the default), the configs are exactly the no-TLS ones.
 
 log() { echo "$(basename "$0"): $*" >&2; }
 die() {
@@ -99,15 +106,29 @@ start_dovecot() {
   local port
   port=$(free_port)
   ((plimit >= 1024)) || plimit=1024
+  local ssl_conf="ssl = no" pop3s_conf="    port = 0" tls_note="no TLS"
+  DOVECOT_TLS_ADDR=
+  if [[ -n ${LIB_TLS_CERT:-} ]]; then
+    local tls_port
+    tls_port=$(free_port)
+    ssl_conf="ssl = required
+ssl_cert = <$LIB_TLS_CERT
+ssl_key = <$LIB_TLS_KEY"
+    pop3s_conf="    address = 127.0.0.1
+    port = $tls_port
+    ssl = yes"
+    DOVECOT_TLS_ADDR=127.0.0.1:$tls_port
+    tls_note="implicit TLS on $DOVECOT_TLS_ADDR"
+  fi
   cat >"$D/dovecot.conf" <<CONF
-# Private Dovecot (benches/compare/lib.sh): loopback only, no TLS, state in $D.
+# Private Dovecot (benches/compare/lib.sh): loopback only, $tls_note, state in $D.
 base_dir = $D/run
 state_dir = $D/state
 log_path = $D/log
 instance_name = corepop-$(basename "$0" .sh)-$port
 protocols = pop3
 listen = 127.0.0.1
-ssl = no
+$ssl_conf
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 1
@@ -131,7 +152,7 @@ service pop3-login {
     port = $port
   }
   inet_listener pop3s {
-    port = 0
+$pop3s_conf
   }
   service_count = 0
   process_min_avail = 2
@@ -165,7 +186,7 @@ CONF
     sleep 0.1
   done
   DOVECOT_ADDR=127.0.0.1:$port
-  log "Dovecot $(dovecot --version | cut -d' ' -f1) on $DOVECOT_ADDR (pid $DOVECOT_PID)"
+  log "Dovecot $(dovecot --version | cut -d' ' -f1) on $DOVECOT_ADDR${DOVECOT_TLS_ADDR:+ and $DOVECOT_TLS_ADDR (tls)} (pid $DOVECOT_PID)"
 }
 
 start_corepop() {
@@ -175,19 +196,29 @@ start_corepop() {
     printf '[auth]\npasswd_file = "%s"\nfailure_delay_ms = 0\n' "$passwd"
     printf '[mail]\nlocation = "maildir:%s/%%u/Maildir"\n' "$mail"
   } >"$TMP/corepop.toml"
-  "$COREPOP" serve --allow-root --config "$TMP/corepop.toml" --listen 127.0.0.1:0 </dev/null \
+  local tls_args=()
+  if [[ -n ${LIB_TLS_CERT:-} ]]; then
+    tls_args=(--listen-tls 127.0.0.1:0 --tls-cert "$LIB_TLS_CERT" --tls-key "$LIB_TLS_KEY")
+  fi
+  "$COREPOP" serve --allow-root --config "$TMP/corepop.toml" --listen 127.0.0.1:0 "${tls_args[@]}" </dev/null \
     >"$TMP/corepop.out" 2>"$TMP/corepop.log" &
   COREPOP_PID=$!
   SERVER_PIDS+=("$COREPOP_PID")
   COREPOP_ADDR=
+  COREPOP_TLS_ADDR=
   local i
   for i in $(seq 200); do
-    COREPOP_ADDR=$(sed -n 's/^corepop: listening on //p' "$TMP/corepop.out" | head -n 1)
+    # Plaintext listeners print a bare address; TLS ones add " (tls)".
+    COREPOP_ADDR=$(sed -n '/(/!s/^corepop: listening on //p' "$TMP/corepop.out" | head -n 1)
+    if [[ -n ${LIB_TLS_CERT:-} ]]; then
+      COREPOP_TLS_ADDR=$(sed -n 's/^corepop: listening on \([^ ]*\) (tls)$/\1/p' "$TMP/corepop.out" | head -n 1)
+      [[ -n $COREPOP_TLS_ADDR ]] || COREPOP_ADDR=
+    fi
     [[ -n $COREPOP_ADDR ]] && break
     kill -0 "$COREPOP_PID" 2>/dev/null || die "corepop exited: $(tail -5 "$TMP/corepop.log")"
     ((i < 200)) || die "corepop did not report its address"
     sleep 0.1
   done
   [[ $COREPOP_ADDR == 127.0.0.1:* ]] || die "corepop listens on $COREPOP_ADDR, not loopback"
-  log "corepop on $COREPOP_ADDR (pid $COREPOP_PID)"
+  log "corepop on $COREPOP_ADDR${COREPOP_TLS_ADDR:+ and $COREPOP_TLS_ADDR (tls)} (pid $COREPOP_PID)"
 }

@@ -1,12 +1,15 @@
 //! A minimal blocking POP3 client for load generation.
 //!
-//! One [`Conn`] owns a `TcpStream` and a read buffer. Multi-line bodies (RETR/TOP) are
-//! scanned in place: the terminating `.CRLF` is found and the un-stuffed length counted
-//! without copying the message anywhere.
+//! One [`Conn`] owns a [`Stream`] (a `TcpStream`, or TLS over one) and a read buffer.
+//! Multi-line bodies (RETR/TOP) are scanned in place: the terminating `.CRLF` is found and the
+//! un-stuffed length counted without copying the message anywhere. Under TLS the decrypted
+//! octets land in the same buffer and go through the same scan.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use super::tls::{self, TlsClient, TlsMode, TlsStream};
 
 /// What went wrong, for the per-kind error counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,10 +31,13 @@ pub enum ErrorKind {
     Io,
     /// `-ERR [SYS/TEMP]` or `[SYS/PERM]`: the server reports a failure of its own.
     Sys,
+    /// The TLS handshake failed (certificate not verified, no common parameters, the server
+    /// closed during it), or STLS was refused.
+    Tls,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Auth,
         ErrorKind::InUse,
@@ -40,6 +46,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Io,
         ErrorKind::Sys,
+        ErrorKind::Tls,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -53,6 +60,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",
             ErrorKind::Sys => "sys",
+            ErrorKind::Tls => "tls",
         }
     }
 
@@ -119,9 +127,100 @@ fn err_kind(line: &[u8], otherwise: ErrorKind) -> ErrorKind {
     }
 }
 
+/// The transport under a [`Conn`].
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(data),
+            Stream::Tls(s) => {
+                s.write_all(data)?;
+                // Surfaces a failed socket write now rather than at the next read.
+                s.flush()
+            }
+        }
+    }
+
+    /// The TCP socket (under TLS: the one TLS runs over).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock.tcp,
+        }
+    }
+
+    /// Tells whether the server has closed or written to an idle connection. True when the
+    /// connection is still open and the server has sent nothing. Under TLS, handshake
+    /// messages that arrive late (session tickets) do not count as writing.
+    pub fn is_idle(&mut self) -> bool {
+        if self.tcp().set_nonblocking(true).is_err() {
+            return false;
+        }
+        let idle = match self {
+            Stream::Plain(s) => {
+                let mut b = [0u8; 1];
+                matches!(s.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(s) => tls_is_idle(s),
+        };
+        let _ = self.tcp().set_nonblocking(false);
+        idle
+    }
+
+    /// Sends QUIT without waiting (the socket is switched to non-blocking; a write that
+    /// would block is dropped).
+    pub fn send_quit_nonblocking(&mut self) {
+        let _ = self.tcp().set_nonblocking(true);
+        match self {
+            Stream::Plain(s) => {
+                let _ = s.write_all(b"QUIT\r\n");
+            }
+            Stream::Tls(s) => {
+                if s.conn.writer().write_all(b"QUIT\r\n").is_ok() {
+                    let _ = s.conn.write_tls(&mut s.sock);
+                }
+            }
+        }
+    }
+}
+
+/// [`Stream::is_idle`] for TLS, on a non-blocking socket: processes whatever has arrived.
+fn tls_is_idle(s: &mut TlsStream) -> bool {
+    loop {
+        if !s.conn.wants_read() {
+            // Plaintext not delivered yet, or the server's close_notify.
+            return false;
+        }
+        match s.conn.read_tls(&mut s.sock) {
+            Ok(0) => return false,
+            Ok(_) => match s.conn.process_new_packets() {
+                Ok(st) if st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() => return false,
+                Ok(_) => continue,
+                Err(_) => return false,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// One POP3 connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
@@ -140,7 +239,7 @@ impl Conn {
         };
         setup(&stream).map_err(|e| io_error(&e, "socket setup", ErrorKind::Connect))?;
         Ok(Conn {
-            stream,
+            stream: Stream::Plain(stream),
             buf: vec![0; buf_size.max(1024)].into_boxed_slice(),
             pos: 0,
             end: 0,
@@ -148,9 +247,73 @@ impl Conn {
         })
     }
 
-    /// Gives up the buffer and returns the socket (for idle connections). Any unread input
-    /// is discarded.
-    pub fn into_stream(self) -> TcpStream {
+    /// Connects and reads the greeting, with TLS when `tls` is given: implicit TLS
+    /// handshakes before the greeting, STARTTLS sends STLS after it and handshakes on `+OK`.
+    pub fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        buf_size: usize,
+        tls: Option<&TlsClient>,
+    ) -> Result<Conn> {
+        let mut c = Conn::connect(addr, timeout, buf_size)?;
+        match tls {
+            None => c.greeting()?,
+            Some(t) if t.mode == TlsMode::Implicit => {
+                c = c.start_tls(t)?;
+                c.greeting()?;
+            }
+            Some(t) => {
+                c.greeting()?;
+                c.command(b"STLS", &[])?;
+                if let Err(line) = c.status()? {
+                    return Err(SessionError::new(
+                        ErrorKind::Tls,
+                        format!("STLS: {}", show(line)),
+                    ));
+                }
+                c = c.start_tls(t)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Runs the TLS handshake on this plaintext connection; everything after it is
+    /// encrypted. The server must not have sent anything the client has not read yet.
+    pub fn start_tls(self, tls: &TlsClient) -> Result<Conn> {
+        if self.pos != self.end {
+            return Err(SessionError::new(
+                ErrorKind::Protocol,
+                "the server sent more before the TLS handshake",
+            ));
+        }
+        let Conn {
+            stream, buf, wbuf, ..
+        } = self;
+        let Stream::Plain(tcp) = stream else {
+            return Err(SessionError::new(ErrorKind::Tls, "TLS is already on"));
+        };
+        let s = tls.handshake(tcp, buf.len().min(tls::READ_AHEAD))?;
+        Ok(Conn {
+            stream: Stream::Tls(s),
+            buf,
+            pos: 0,
+            end: 0,
+            wbuf,
+        })
+    }
+
+    /// `Some(true)` when the TLS handshake resumed a session, `Some(false)` for a full one,
+    /// `None` without TLS.
+    pub fn tls_resumed(&self) -> Option<bool> {
+        match &self.stream {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => Some(tls::resumed(s)),
+        }
+    }
+
+    /// Gives up the buffer and returns the transport (for idle connections). Any unread
+    /// input is discarded.
+    pub fn into_stream(self) -> Stream {
         self.stream
     }
 
@@ -377,7 +540,12 @@ impl Conn {
     pub fn quit(mut self, linger: Duration) -> Result<()> {
         self.command(b"QUIT", &[])?;
         self.expect_ok("QUIT")?;
-        let _ = self.stream.set_read_timeout(Some(linger));
+        let _ = self.stream.tcp().set_read_timeout(Some(linger));
+        if let Stream::Tls(s) = &mut self.stream {
+            // As clients do on an orderly close; then the server's close ends the read loop.
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
         let mut scratch = [0u8; 256];
         loop {
             match self.stream.read(&mut scratch) {
@@ -385,18 +553,6 @@ impl Conn {
                 Ok(_) => continue,
             }
         }
-    }
-
-    /// Tells whether the server has closed or written to an idle connection. True when the
-    /// connection is still open and silent.
-    pub fn stream_is_idle(stream: &TcpStream) -> bool {
-        if stream.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut b = [0u8; 1];
-        let idle = matches!(stream.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        let _ = stream.set_nonblocking(false);
-        idle
     }
 }
 

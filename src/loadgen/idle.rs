@@ -9,13 +9,14 @@
 //! died), then prints one `done` line with how many were still open and silent.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::client::{Conn, ErrorKind};
+use super::client::{Conn, ErrorKind, Stream};
+use super::tls::TlsClient;
 use super::users::User;
 use super::ErrorLog;
 
@@ -23,22 +24,24 @@ const READY: &str = "corepop-bench-idle ready";
 const DONE: &str = "corepop-bench-idle done";
 
 /// How idle connections are opened.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct IdleCfg {
     pub addr: SocketAddr,
     pub timeout: Duration,
-    /// Log in (USER/PASS) or stop after the greeting.
+    /// Log in (USER/PASS) or stop after the greeting (after STLS and the handshake with
+    /// `--tls starttls`).
     pub login: bool,
+    pub tls: Option<TlsClient>,
 }
 
 /// The result of opening a batch of idle connections.
 pub struct Opened {
-    pub streams: Vec<TcpStream>,
+    pub streams: Vec<Stream>,
     pub failed: [u64; ErrorKind::COUNT],
 }
 
 /// Opens one idle connection per user, with a few threads.
-pub fn open_local(cfg: IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
+pub fn open_local(cfg: &IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
     let threads = (users.len() / 256).clamp(1, 16);
     let chunk = users.len().div_ceil(threads).max(1);
     let results: Vec<Opened> = std::thread::scope(|s| {
@@ -51,8 +54,8 @@ pub fn open_local(cfg: IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
                         failed: [0; ErrorKind::COUNT],
                     };
                     for u in part {
-                        let r = Conn::connect(cfg.addr, cfg.timeout, 1024).and_then(|mut c| {
-                            c.greeting()?;
+                        let r = Conn::open(cfg.addr, cfg.timeout, 1024, cfg.tls.as_ref());
+                        let r = r.and_then(|mut c| {
                             if cfg.login {
                                 c.login(&u.name, &u.password)?;
                             }
@@ -90,11 +93,15 @@ pub fn open_local(cfg: IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
 
 /// Counts the connections that are still open and silent, then sends QUIT on all of them
 /// (without waiting for replies) and closes them.
-pub fn close_all(streams: Vec<TcpStream>) -> usize {
-    let alive = streams.iter().filter(|s| Conn::stream_is_idle(s)).count();
+pub fn close_all(streams: Vec<Stream>) -> usize {
+    let mut streams = streams;
+    let alive = streams
+        .iter_mut()
+        .map(Stream::is_idle)
+        .filter(|i| *i)
+        .count();
     for mut s in streams {
-        let _ = s.set_nonblocking(true);
-        let _ = s.write_all(b"QUIT\r\n");
+        s.send_quit_nonblocking();
     }
     alive
 }
@@ -141,7 +148,7 @@ pub fn child_main(cfg: IdleCfg, users: &[User], spec: &str) -> anyhow::Result<()
     };
     let errors = ErrorLog::default();
     let t0 = Instant::now();
-    let opened = open_local(cfg, mine, &errors);
+    let opened = open_local(&cfg, mine, &errors);
     errors.print_to_stderr("idle worker");
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -11,10 +11,14 @@
 //! Throughput is the counter difference over the window; latency percentiles cover sessions
 //! that ended inside it. A progress line goes to stderr every second.
 //!
+//! TLS (`--tls implicit|starttls`): every connection, idle ones included, speaks TLS; one
+//! client configuration is shared by all workers, so sessions are resumed unless
+//! `--tls-no-resume`.
+//!
 //! Modules: [`client`] (the POP3 wire client), [`session`] (what a session does per mode, and
 //! the live counters), [`idle`] (`--idle` connections, spread over child processes when
 //! many), [`hist`] (latency histograms), [`cpu`] (server CPU from `/proc`), [`report`]
-//! (text/JSON output), [`users`] (the users file).
+//! (text/JSON output), [`tls`] (the TLS client side), [`users`] (the users file).
 
 pub mod client;
 pub mod cpu;
@@ -22,6 +26,7 @@ pub mod hist;
 pub mod idle;
 pub mod report;
 pub mod session;
+pub mod tls;
 pub mod users;
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
@@ -38,6 +43,7 @@ use client::{ErrorKind, SessionError};
 use hist::Histogram;
 pub use session::Mode;
 use session::{Counters, SessionCfg, Snapshot};
+pub use tls::TlsMode;
 use users::User;
 
 /// Run a closed-loop POP3 load test against any POP3 server (corepop, Dovecot, ...).
@@ -107,6 +113,26 @@ pub struct BenchArgs {
     /// Allow a server address outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     pub allow_non_loopback: bool,
+    /// Speak TLS: `implicit` handshakes right after connecting (POP3S, port 995 style),
+    /// `starttls` sends STLS after the greeting [default: no TLS]. Needs --tls-ca or
+    /// --tls-insecure.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tls: Option<TlsMode>,
+    /// Verify the server's certificate against the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate without verifying it (for benchmarks on loopback with
+    /// self-signed certificates; the handshake signature is still checked). Insecure: never
+    /// use it where an attacker could be in the path.
+    #[arg(long, requires = "tls", conflicts_with = "tls_ca")]
+    pub tls_insecure: bool,
+    /// Name sent in SNI and checked against the certificate (with --tls-ca).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub tls_server_name: String,
+    /// No TLS session resumption: every connection makes a full handshake (by default all
+    /// workers share one session cache and resume, as real clients do).
+    #[arg(long, requires = "tls")]
+    pub tls_no_resume: bool,
     /// Internal: run as an idle-connection worker process for users START..START+COUNT.
     #[arg(long, hide = true, value_name = "START:COUNT")]
     pub idle_worker: Option<String>,
@@ -239,14 +265,34 @@ fn split_users(args: &BenchArgs) -> anyhow::Result<(Vec<User>, Vec<User>)> {
     Ok((all, work))
 }
 
+/// The TLS client for `--tls`, or `None`.
+fn tls_client(args: &BenchArgs) -> anyhow::Result<Option<tls::TlsClient>> {
+    let Some(mode) = args.tls else {
+        return Ok(None);
+    };
+    let verify = match (&args.tls_ca, args.tls_insecure) {
+        (Some(ca), false) => tls::Verify::Ca(ca),
+        (None, true) => tls::Verify::Insecure,
+        (Some(_), true) => bail!("--tls-ca and --tls-insecure exclude each other"),
+        (None, false) => bail!(
+            "--tls needs --tls-ca FILE to verify the server's certificate, or --tls-insecure \
+             to accept any"
+        ),
+    };
+    let t = tls::TlsClient::new(mode, verify, &args.tls_server_name, !args.tls_no_resume)?;
+    Ok(Some(t))
+}
+
 /// Runs `corepop bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let addr = resolve(&args.addr, args.allow_non_loopback)?;
     let timeout = secs(args.timeout, "--timeout")?;
+    let tls = tls_client(&args)?;
     let idle_cfg = idle::IdleCfg {
         addr,
         timeout,
         login: !args.idle_no_login,
+        tls: tls.clone(),
     };
     let (nofile, nofile_hard) = nofile_limits().unwrap_or((1024, 1024));
     if let Some(spec) = &args.idle_worker {
@@ -284,6 +330,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         sample: args.sample,
         top_lines: args.top_lines,
         buf_size: args.buffer,
+        tls,
     });
 
     // Idle connections first.
@@ -322,7 +369,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         } else {
             let log = ErrorLog::default();
-            let opened = idle::open_local(idle_cfg, &idle_users, &log);
+            let opened = idle::open_local(&idle_cfg, &idle_users, &log);
             log.print_to_stderr("bench: idle");
             rep.opened = opened.streams.len();
             rep.failed = opened.failed;
@@ -441,6 +488,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         server_cpu_s: (!args.server_pid.is_empty()).then_some(srv1 - srv0),
         client_cpu_s: cli1 - cli0,
         idle: idle_report,
+        tls: args.tls,
+        tls_resume: !args.tls_no_resume,
     };
     if args.json {
         println!("{}", rep.to_json());
@@ -521,7 +570,7 @@ fn worker(
 /// `--mode idle`: log in once, then NOOP round trips until the run stops.
 fn noop_loop(shared: &Shared, cfg: &SessionCfg, user: &User, h: &mut Hists) {
     let t0 = Instant::now();
-    let mut c = match session::open(cfg, user) {
+    let mut c = match session::open(cfg, user, &shared.counters) {
         Ok(c) => c,
         Err(e) => return failed(shared, &e),
     };

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::client::ErrorKind;
 use super::hist::Summary;
 use super::session::{Mode, Snapshot};
+use super::tls::{TlsMode, NO_TLS};
 
 /// Idle-connection figures (`--idle`).
 #[derive(Clone, Debug, Default)]
@@ -42,6 +43,9 @@ pub struct Report {
     /// CPU seconds of this process (and its idle workers) during the window.
     pub client_cpu_s: f64,
     pub idle: Option<IdleReport>,
+    /// `--tls`, and whether sessions could be resumed (not `--tls-no-resume`).
+    pub tls: Option<TlsMode>,
+    pub tls_resume: bool,
 }
 
 fn per_s(n: u64, secs: f64) -> f64 {
@@ -134,6 +138,10 @@ impl Report {
         (self.window.sessions_ok > 0).then(|| cpu * 1000.0 / self.window.sessions_ok as f64)
     }
 
+    fn tls_name(&self) -> &'static str {
+        self.tls.map_or(NO_TLS, TlsMode::name)
+    }
+
     pub fn to_json(&self) -> String {
         let w = &self.window;
         let mut o = String::with_capacity(2048);
@@ -147,6 +155,22 @@ impl Report {
             self.users,
             num(self.warmup_s),
             num(self.measured_s)
+        );
+        let _ = write!(
+            o,
+            "\"tls\":{},\"tls_resume\":{},\"tls_handshakes\":{},\"tls_resumed\":{},",
+            json_str(self.tls_name()),
+            if self.tls.is_some() {
+                if self.tls_resume {
+                    "true"
+                } else {
+                    "false"
+                }
+            } else {
+                "null"
+            },
+            w.tls_handshakes,
+            w.tls_resumed
         );
         let _ = write!(
             o,
@@ -212,9 +236,10 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "corepop bench: mode {} against {}, {} connections, {} users, {:.1} s measured after {:.1} s warmup",
+            "corepop bench: mode {} against {} (TLS: {}), {} connections, {} users, {:.1} s measured after {:.1} s warmup",
             self.mode.name(),
             self.addr,
+            self.tls_name(),
             self.concurrency,
             self.users,
             secs,
@@ -266,6 +291,19 @@ impl Report {
             lat("session ms", &self.session, &mut o);
         }
         lat("login ms", &self.login, &mut o);
+        if self.tls.is_some() {
+            let _ = writeln!(
+                o,
+                "  tls            {} handshakes, {} resumed{}",
+                w.tls_handshakes,
+                w.tls_resumed,
+                if self.tls_resume {
+                    ""
+                } else {
+                    " (--tls-no-resume)"
+                }
+            );
+        }
         let _ = write!(o, "  errors         {}", errors_text(&w.errors));
         let outside = self.all.error_total() - w.error_total();
         if outside > 0 {
@@ -336,6 +374,8 @@ mod tests {
             server_cpu_s: Some(1.0),
             client_cpu_s: 0.5,
             idle: Some(IdleReport::default()),
+            tls: None,
+            tls_resume: true,
         };
         let j = r.to_json();
         assert!(j.contains("\"sessions_per_s\":5,"), "{j}");
@@ -343,5 +383,24 @@ mod tests {
         assert!(j.contains("\"timeout\":1"), "{j}");
         assert!(j.contains("\"server_cpu_ms_per_session\":100,"), "{j}");
         assert!(r.to_text().contains("timeout 1"));
+        assert!(j.contains("\"tls\":\"none\",\"tls_resume\":null,"), "{j}");
+        assert!(r.to_text().contains("(TLS: none)"));
+        let r = Report {
+            tls: Some(TlsMode::StartTls),
+            tls_resume: false,
+            window: Snapshot {
+                tls_handshakes: 10,
+                ..window
+            },
+            ..r
+        };
+        let j = r.to_json();
+        assert!(
+            j.contains("\"tls\":\"starttls\",\"tls_resume\":false,\"tls_handshakes\":10,"),
+            "{j}"
+        );
+        assert!(r
+            .to_text()
+            .contains("10 handshakes, 0 resumed (--tls-no-resume)"));
     }
 }

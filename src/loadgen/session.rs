@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::client::{first_number, show, Conn, ErrorKind, Result, SessionError};
+use super::tls::TlsClient;
 use super::users::User;
 
 /// What each session does (`--mode`).
@@ -47,6 +48,8 @@ pub struct SessionCfg {
     pub sample: f64,
     pub top_lines: u64,
     pub buf_size: usize,
+    /// `--tls`: how to speak TLS; `None` for plaintext.
+    pub tls: Option<TlsClient>,
 }
 
 impl SessionCfg {
@@ -66,6 +69,9 @@ pub struct Counters {
     /// Un-stuffed RETR/TOP body octets received.
     pub bytes: AtomicU64,
     pub noops: AtomicU64,
+    /// Completed TLS handshakes, and how many of them resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::COUNT],
 }
 
@@ -77,6 +83,8 @@ pub struct Snapshot {
     pub messages: u64,
     pub bytes: u64,
     pub noops: u64,
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
     pub errors: [u64; ErrorKind::COUNT],
 }
 
@@ -88,6 +96,8 @@ impl Counters {
             messages: self.messages.load(Relaxed),
             bytes: self.bytes.load(Relaxed),
             noops: self.noops.load(Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Relaxed),
+            tls_resumed: self.tls_resumed.load(Relaxed),
             errors: std::array::from_fn(|i| self.errors[i].load(Relaxed)),
         }
     }
@@ -106,6 +116,8 @@ impl Snapshot {
             messages: self.messages - earlier.messages,
             bytes: self.bytes - earlier.bytes,
             noops: self.noops - earlier.noops,
+            tls_handshakes: self.tls_handshakes - earlier.tls_handshakes,
+            tls_resumed: self.tls_resumed - earlier.tls_resumed,
             errors: std::array::from_fn(|i| self.errors[i] - earlier.errors[i]),
         }
     }
@@ -124,10 +136,16 @@ pub struct Outcome {
     pub total: Duration,
 }
 
-/// Connects, reads the greeting and logs in.
-pub fn open(cfg: &SessionCfg, user: &User) -> Result<Conn> {
-    let mut c = Conn::connect(cfg.addr, cfg.timeout, cfg.buf_size)?;
-    c.greeting()?;
+/// Connects (with TLS as configured), reads the greeting and logs in. Counts the TLS
+/// handshake.
+pub fn open(cfg: &SessionCfg, user: &User, counters: &Counters) -> Result<Conn> {
+    let mut c = Conn::open(cfg.addr, cfg.timeout, cfg.buf_size, cfg.tls.as_ref())?;
+    if let Some(resumed) = c.tls_resumed() {
+        counters.tls_handshakes.fetch_add(1, Relaxed);
+        if resumed {
+            counters.tls_resumed.fetch_add(1, Relaxed);
+        }
+    }
     c.login(&user.name, &user.password)?;
     Ok(c)
 }
@@ -219,7 +237,7 @@ pub fn run(
     counters: &Counters,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let mut c = open(cfg, user)?;
+    let mut c = open(cfg, user, counters)?;
     let login = t0.elapsed();
 
     c.command(b"STAT", &[])?;
@@ -339,6 +357,7 @@ mod tests {
             sample: 1.0,
             top_lines: 0,
             buf_size: 4096,
+            tls: None,
         };
         let user = User {
             name: "u".into(),
