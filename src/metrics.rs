@@ -92,6 +92,7 @@ pub struct ShardMetrics {
     latency_sum_us: [Cell<u64>; 2],
     lock_conflicts: Cell<u64>,
     tls_handshake_failures: Cell<u64>,
+    blocking_reads: Cell<u64>,
 }
 
 impl ShardMetrics {
@@ -110,6 +111,7 @@ impl ShardMetrics {
             latency_sum_us: Default::default(),
             lock_conflicts: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            blocking_reads: Cell::new(0),
         }
     }
 
@@ -160,6 +162,12 @@ impl ShardMetrics {
     pub fn tls_handshake_failed(&self) {
         Self::inc(&self.tls_handshake_failures, 1);
     }
+
+    /// A message open or read that the kernel could not answer from its caches, so it went
+    /// to the blocking pool (also every mapped, zero-copy RETR).
+    pub fn blocking_read(&self) {
+        Self::inc(&self.blocking_reads, 1);
+    }
     /// A RETR (`top == false`) or TOP finished sending after `took`.
     pub fn retrieved(&self, top: bool, took: Duration) {
         let k = usize::from(top);
@@ -188,6 +196,7 @@ impl ShardMetrics {
             latency_sum_us: self.latency_sum_us.each_ref().map(get),
             lock_conflicts: self.lock_conflicts.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
+            blocking_reads: self.blocking_reads.get(),
         }
     }
 }
@@ -207,6 +216,7 @@ pub struct Snapshot {
     pub latency_sum_us: [u64; 2],
     pub lock_conflicts: u64,
     pub tls_handshake_failures: u64,
+    pub blocking_reads: u64,
 }
 
 fn add_all<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
@@ -239,6 +249,7 @@ impl Snapshot {
         self.tls_handshake_failures = self
             .tls_handshake_failures
             .wrapping_add(o.tls_handshake_failures);
+        self.blocking_reads = self.blocking_reads.wrapping_add(o.blocking_reads);
     }
 }
 
@@ -376,6 +387,18 @@ pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String 
         o,
         "corepop_tls_handshake_failures_total {}",
         s.tls_handshake_failures
+    );
+    header(
+        &mut o,
+        "corepop_message_blocking_reads_total",
+        "counter",
+        "Message opens and reads done on the blocking pool because the kernel did not have \
+         them cached (and every mapped RETR); the rest were served on the executor.",
+    );
+    let _ = writeln!(
+        o,
+        "corepop_message_blocking_reads_total {}",
+        s.blocking_reads
     );
     header(
         &mut o,

@@ -1,6 +1,11 @@
-//! Read-only memory maps of message files: the crate's one home for `unsafe`.
+//! Read-only memory maps of message files, and reads that never wait for the disk: the
+//! mailbox layer's one home for `unsafe`.
 //!
-//! Owns: opening a message file and mapping it, and the safety argument for doing so.
+//! Owns: opening a message file and mapping it, and the safety argument for doing so; and
+//! the cache-only variants the serving core uses so that it never blocks on a cold disk
+//! ([`open_message_cached`]: `openat2` with `RESOLVE_CACHED`; [`read_at_cached`]: `preadv2`
+//! with `RWF_NOWAIT`). Either answers `WouldBlock` when the kernel would have to wait for
+//! I/O, and the caller then does the same work with the blocking calls on another thread.
 //!
 //! # Safety argument and residual risk
 //! A mapping is only sound while nobody changes the file under it. Maildir guarantees this
@@ -17,9 +22,10 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-/// Files up to this size are pre-faulted when mapped (MAP_POPULATE), so the first read on an
-/// executor does not stall on a page fault. Larger ones get sequential read-ahead.
-const POPULATE_LIMIT: u64 = 4 << 20;
+/// Files up to this size are pre-faulted when mapped (MAP_POPULATE, on the blocking pool), so
+/// the `sendmsg` on an executor that reads the mapping neither stalls on the disk nor takes
+/// one page fault per page. Larger ones get sequential read-ahead.
+const POPULATE_LIMIT: u64 = 64 << 20;
 
 /// Opens a message file for reading. Symbolic links are not followed (`O_NOFOLLOW`) and only
 /// regular files are accepted (a FIFO cannot block the open: `O_NONBLOCK`): a user who can
@@ -30,13 +36,101 @@ pub fn open_message(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
+    regular(file)
+}
+
+/// `file`, if it is a regular file.
+fn regular(file: File) -> io::Result<File> {
     if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
+        return Err(not_regular());
     }
     Ok(file)
+}
+
+fn not_regular() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "not a regular file")
+}
+
+/// [`open_message`] for a thread that must not wait for the disk: the path must resolve from
+/// the kernel's dentry and inode caches alone (`openat2(2)` with `RESOLVE_CACHED`), else
+/// `WouldBlock`. Kernels without `openat2` (or a seccomp filter that refuses it) also give
+/// `WouldBlock`; every error means "use [`open_message`] on a blocking thread instead".
+/// Returns the file and its size.
+pub fn open_message_cached(path: &Path) -> io::Result<(File, u64)> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    /// `struct open_how` of linux/openat2.h (libc's is `non_exhaustive`).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_CACHED,
+    };
+    // SAFETY: `c_path` is NUL-terminated and `how` has open_how's layout and size; both
+    // outlive the call, and the kernel only reads them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ENOSYS | libc::EPERM | libc::E2BIG | libc::EINVAL) => {
+                io::ErrorKind::WouldBlock.into()
+            }
+            _ => e,
+        });
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd as std::os::fd::RawFd) };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads into `buf` at `offset` only what the page cache already holds (`preadv2(2)` with
+/// `RWF_NOWAIT`): `WouldBlock` when the read would wait for the disk. Like `pread`, it may
+/// read less than asked; 0 is the end of the file.
+pub fn read_at_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is writable for its whole length and borrowed
+    // mutably for the duration of the call; the descriptor is owned by `file`.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EPERM) => {
+                io::ErrorKind::WouldBlock.into()
+            }
+            _ => e,
+        });
+    }
+    Ok(n as usize)
 }
 
 /// Reads a whole message file (opened as [`open_message`] does), without mapping it.

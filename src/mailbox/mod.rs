@@ -185,6 +185,14 @@ impl Snapshot {
         }
     }
 
+    /// [`Snapshot::open_file`] without waiting for the disk ([`map::open_message_cached`]):
+    /// only where the index says the message is, and only from the kernel's caches. Any error
+    /// (`WouldBlock`, moved, gone) means: call [`Snapshot::open_file`] on a blocking thread.
+    /// Also returns the file's size.
+    pub fn open_file_cached(&self, index: usize) -> io::Result<(std::fs::File, u64)> {
+        map::open_message_cached(&self.path(index))
+    }
+
     fn base(&self, index: usize) -> &str {
         let name = &self.inner.messages[index].file_name;
         MaildirName::parse(name).map_or(name, |n| n.base)

@@ -35,7 +35,7 @@ use super::{sys, Registry, Shared};
 use crate::auth::penalty::ip_key;
 use crate::auth::{scheme, AuthOutcome, Credential, ScramAlg, ScramSecret, Secret};
 use crate::mailbox::{
-    self, location, LockError, MaildropLock, MappedFile, Shape, Snapshot, StreamTransform,
+    self, location, map, LockError, MaildropLock, MappedFile, Shape, Snapshot, StreamTransform,
     TERMINATOR,
 };
 use crate::metrics::{LoginOutcome, Penalty, Refusal};
@@ -61,8 +61,9 @@ impl crate::protocol::Maildrop for Maildrop {
 
 /// Largest chunk of a transformed message written at once.
 const CHUNK: usize = 64 * 1024;
-/// Bytes read from the socket at a time; small, since this buffer lives as long as the session.
-const READ_BUF: usize = 512;
+/// Bytes read from the socket at a time; small, since this buffer lives as long as the session
+/// (commands are a few dozen octets; a pipelining client just takes more reads).
+const READ_BUF: usize = 256;
 
 /// The connection's byte stream: plaintext, or TLS over the same socket. The TLS state is
 /// boxed so a plaintext connection pays nothing for it.
@@ -286,7 +287,7 @@ struct Conn {
     user: Option<String>,
     lock: Option<MaildropLock>,
     /// The SCRAM secret looked up for the exchange in progress.
-    scram: Option<ScramSecret>,
+    scram: Option<Box<ScramSecret>>,
     /// This core's registry (metrics).
     registry: Rc<Registry>,
     /// Bytes written to / read from the client (plaintext side), for the logout line.
@@ -327,7 +328,7 @@ impl Conn {
             std::time::Instant::now() + Duration::from_secs(cfg.limits.login_deadline_secs);
         let idle_timeout = Duration::from_secs(cfg.limits.idle_timeout_secs);
         if self.implicit_tls {
-            if let Err(e) = self.start_tls().await {
+            if let Err(e) = Box::pin(self.start_tls()).await {
                 self.registry.metrics.tls_handshake_failed();
                 tracing::debug!(peer = %Peer(self.peer), error = %e, "implicit TLS handshake failed");
                 return Ok(());
@@ -356,7 +357,9 @@ impl Conn {
             match step {
                 Step::NeedInput => {
                     self.flush(&mut out).await?;
+                    // Waiting for input may take minutes: hold no buffers meanwhile.
                     session.shrink_if_idle();
+                    out = Vec::new();
                     if !session.logged_in() {
                         // Before login, idle time and total time are both bounded.
                         let left =
@@ -395,6 +398,7 @@ impl Conn {
                     }
                     self.received += n as u64;
                     registry.metrics.received(n);
+                    out.reserve(256);
                     session.feed(&buf[..n]);
                 }
                 Step::Flush => self.flush(&mut out).await?,
@@ -402,8 +406,8 @@ impl Conn {
                     // A penalised address waits before any reply to its next attempt.
                     let key = self.peer.map(|p| ip_key(p.ip()));
                     let owed = key.map_or(Duration::ZERO, |k| registry.penalty_delay(k));
-                    let scram = self.scram.take();
-                    let result = self.login(*req.0, scram).await;
+                    let scram = self.scram.take().map(|s| *s);
+                    let result = Box::pin(self.login(*req.0, scram)).await;
                     let mut outcome = None;
                     let result = match result {
                         Login::Ok {
@@ -476,15 +480,13 @@ impl Conn {
                             let user = ch.user.clone().unwrap_or_default();
                             let auth = self.shared.auth.clone();
                             // May derive keys from a plaintext password (PBKDF2): off the executor.
-                            let secret = glommio::executor()
-                                .spawn_blocking(move || auth.scram_secret(&user, alg))
-                                .await;
+                            let secret = off_executor(move || auth.scram_secret(&user, alg)).await;
                             session.sasl_challenge(
                                 &mut out,
                                 &nonce,
                                 Some((&secret.salt, secret.iterations)),
                             );
-                            self.scram = Some(secret);
+                            self.scram = Some(Box::new(secret));
                         }
                     }
                 }
@@ -504,13 +506,26 @@ impl Conn {
                         && entry.shape == Shape::Crlf
                         && entry.dots == Some(false);
                     let started = std::time::Instant::now();
-                    let opened = glommio::executor()
-                        .spawn_blocking(move || open_body(&snapshot, index, zero_copy))
-                        .await;
+                    // A message whose directory entry, inode and first bytes are cached is
+                    // opened and read right here; anything that would wait for the disk (or
+                    // a moved message) goes to the blocking pool, so a cold mailbox never
+                    // stalls this core. Mappings are made there too (pre-faulted).
+                    let cached = if zero_copy {
+                        None
+                    } else {
+                        open_body_cached(&snapshot, index)
+                    };
+                    let opened = match cached {
+                        Some(body) => Ok(body),
+                        None => {
+                            self.registry.metrics.blocking_read();
+                            off_executor(move || open_body(&snapshot, index, zero_copy)).await
+                        }
+                    };
                     match opened {
                         Ok(body) => {
                             session.retrieve_ready(&mut out);
-                            let taken = self.send_body(&mut out, body, lines).await?;
+                            let taken = Box::pin(self.send_body(&mut out, body, lines)).await?;
                             if lines.is_some() {
                                 session.count_top_octets(taken);
                             }
@@ -536,9 +551,7 @@ impl Conn {
                             let snapshot = snapshot.clone();
                             // Shutdown waits for this UPDATE to finish, even past its grace.
                             registry.committing.set(registry.committing.get() + 1);
-                            let failed = glommio::executor()
-                                .spawn_blocking(move || snapshot.commit(&indexes))
-                                .await;
+                            let failed = off_executor(move || snapshot.commit(&indexes)).await;
                             registry.committing.set(registry.committing.get() - 1);
                             failed
                         }
@@ -549,7 +562,7 @@ impl Conn {
                 Step::StartTls => {
                     // The session has already dropped anything pipelined behind STLS.
                     self.flush(&mut out).await?;
-                    if let Err(e) = self.start_tls().await {
+                    if let Err(e) = Box::pin(self.start_tls()).await {
                         self.registry.metrics.tls_handshake_failed();
                         tracing::debug!(peer = %Peer(self.peer), error = %e, "STLS handshake failed");
                         return Ok(());
@@ -560,7 +573,7 @@ impl Conn {
                 Step::Close => {
                     // Free the maildrop before the final reply, so a client that logs in
                     // again right after QUIT is not told the maildrop is in use.
-                    self.release_lock().await;
+                    Box::pin(self.release_lock()).await;
                     let _ = self.flush(&mut out).await;
                     if matches!(self.stream, Transport::Tls(_)) {
                         // close_notify, so clients see a clean TLS end.
@@ -575,9 +588,7 @@ impl Conn {
 
     async fn release_lock(&mut self) {
         if let Some(lock) = self.lock.take() {
-            let r = glommio::executor()
-                .spawn_blocking(move || lock.release())
-                .await;
+            let r = off_executor(move || lock.release()).await;
             if let Err(e) = r {
                 tracing::warn!(error = %e, "could not release maildrop lock");
             }
@@ -654,6 +665,7 @@ impl Conn {
             }
             Body::Read {
                 file,
+                end,
                 mut chunk,
                 mut eof,
                 mut offset,
@@ -665,26 +677,31 @@ impl Conn {
                 loop {
                     // The status line and the first chunk leave together.
                     t.push(&chunk, out);
-                    let end = eof || t.is_done();
-                    if end {
+                    let done = eof || t.is_done();
+                    if done {
                         t.finish(out);
                     }
                     self.write_parts(&[out]).await?;
                     out.clear();
-                    if end {
+                    if done {
                         self.flush_tls().await?;
                         return Ok(t.consumed());
                     }
                     offset += chunk.len() as u64;
-                    if chunk.capacity() < CHUNK {
-                        // The file grew past its size at open (it should not): read on in
-                        // full chunks.
-                        chunk = Vec::with_capacity(CHUNK);
-                    }
-                    let f = file.clone();
-                    (chunk, eof) = glommio::executor()
-                        .spawn_blocking(move || read_chunk(&f, chunk, offset))
-                        .await?;
+                    eof = match read_chunk(&file, &mut chunk, offset, end, true) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.registry.metrics.blocking_read();
+                            let f = file.clone();
+                            let mut c = std::mem::take(&mut chunk);
+                            let r = off_executor(move || {
+                                read_chunk(&f, &mut c, offset, end, false).map(|eof| (c, eof))
+                            })
+                            .await?;
+                            chunk = r.0;
+                            r.1
+                        }
+                        r => r?,
+                    };
                 }
             }
         }
@@ -752,9 +769,7 @@ impl Conn {
 
     async fn login(&self, req: LoginRequest, scram: Option<ScramSecret>) -> Login {
         let shared = self.shared.clone();
-        glommio::executor()
-            .spawn_blocking(move || login_blocking(&shared, req, scram))
-            .await
+        off_executor(move || login_blocking(&shared, req, scram)).await
     }
 
     fn log_logout(&self, session: &Session<Maildrop>, reason: &str) {
@@ -805,14 +820,25 @@ impl Conn {
 enum Body {
     /// Mapped; known to be wire form. `ends_lf` was read with pread, not through the mapping.
     Mapped { map: MappedFile, ends_lf: bool },
-    /// To be read chunk by chunk with pread; `chunk` holds the bytes at `offset`, and `eof`
-    /// says the file ends with them.
+    /// To be read chunk by chunk with pread up to `end` (its size at open); `chunk` holds the
+    /// bytes at `offset`, and `eof` says the message ends with them.
     Read {
         file: Arc<std::fs::File>,
+        end: u64,
         chunk: Vec<u8>,
         eof: bool,
         offset: u64,
     },
+}
+
+/// Runs `f` on glommio's blocking pool. The future is boxed: glommio's is ~700 bytes, and a
+/// connection's task would otherwise carry that space for its whole life, idle or not.
+fn off_executor<F, R>(f: F) -> Pin<Box<impl std::future::Future<Output = R>>>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    Box::pin(glommio::executor().spawn_blocking(f))
 }
 
 /// Opens message `index` (blocking): mapped for zero-copy, or with its first chunk read.
@@ -830,39 +856,73 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
             ends_lf: last[0] == b'\n',
         });
     }
-    // Size the buffer to the message (plus one byte, so the first read already sees the end
-    // of a small file): zeroing a 64 KiB buffer for a 4 KiB message showed in profiles.
-    let want = (file.metadata()?.len() as usize)
-        .saturating_add(1)
-        .min(CHUNK);
-    let file = Arc::new(file);
-    let (chunk, eof) = read_chunk(&file, Vec::with_capacity(want), 0)?;
+    let end = file.metadata()?.len();
+    let mut chunk = Vec::new();
+    let eof = read_chunk(&file, &mut chunk, 0, end, false)?;
     Ok(Body::Read {
-        file,
+        file: Arc::new(file),
+        end,
         chunk,
         eof,
         offset: 0,
     })
 }
 
-/// Reads up to `buf.capacity()` bytes (at most [`CHUNK`]) at `offset` into `buf`, reusing its
-/// allocation. The flag is true when the read came up short: the end of the file.
-fn read_chunk(file: &std::fs::File, mut buf: Vec<u8>, offset: u64) -> io::Result<(Vec<u8>, bool)> {
+/// [`open_body`] (not mapped) on the executor, using only what the kernel has cached:
+/// `None` when that is not enough, or on any error (the blocking path then reports it).
+fn open_body_cached(snapshot: &Snapshot, index: usize) -> Option<Body> {
+    let (file, end) = snapshot.open_file_cached(index).ok()?;
+    let mut chunk = Vec::new();
+    let eof = read_chunk(&file, &mut chunk, 0, end, true).ok()?;
+    Some(Body::Read {
+        file: Arc::new(file),
+        end,
+        chunk,
+        eof,
+        offset: 0,
+    })
+}
+
+/// Reads the next chunk of a message at `offset` into `buf` (reusing its allocation): up to
+/// [`CHUNK`] bytes, and never past `end`, the file's size when it was opened. The buffer is
+/// sized to what is left, so a small message costs one right-sized allocation and one
+/// `pread`. Returns true at the end of the message: `end` reached, or the file ended early
+/// (truncated by another process: the transfer ends short, the driver closes cleanly).
+/// `cached_only`: never wait for the disk ([`map::read_at_cached`]); `WouldBlock` then means
+/// "read it on the blocking pool" (and `buf` holds nothing useful).
+fn read_chunk(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    offset: u64,
+    end: u64,
+    cached_only: bool,
+) -> io::Result<bool> {
     use std::os::unix::fs::FileExt;
-    let size = buf.capacity().clamp(1, CHUNK);
+    let size = end.saturating_sub(offset).min(CHUNK as u64) as usize;
     buf.clear();
     buf.resize(size, 0);
     let mut n = 0;
     while n < size {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
+        let at = offset + n as u64;
+        let r = if cached_only {
+            map::read_at_cached(file, &mut buf[n..], at)
+        } else {
+            file.read_at(&mut buf[n..], at)
+        };
+        match r {
+            Ok(0) => {
+                buf.truncate(n);
+                return Ok(true);
+            }
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                buf.clear();
+                return Err(e);
+            }
         }
     }
-    buf.truncate(n);
-    Ok((buf, n < size))
+    Ok(offset + n as u64 >= end)
 }
 
 /// Verifies credentials, finds the Maildir, takes its lock and reads the snapshot.

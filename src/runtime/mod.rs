@@ -484,7 +484,16 @@ async fn shard(
                 };
                 let id = registry.add(stream.as_raw_fd());
                 registry.metrics.accepted(spec.index);
-                let fut = conn::run(stream, spec, shared.clone(), registry.clone(), id);
+                // Boxed: the gate wraps the future in its own, and an unboxed connection
+                // future would then be held twice in the task (~4 KB per idle connection
+                // instead of ~2 KB).
+                let fut = Box::pin(conn::run(
+                    stream,
+                    spec,
+                    shared.clone(),
+                    registry.clone(),
+                    id,
+                ));
                 if gate.spawn_into(fut, tq).map(|t| t.detach()).is_err() {
                     break;
                 }
