@@ -465,6 +465,81 @@ fn metrics_endpoint_counts_what_happened() {
     assert!(r.starts_with("HTTP/1.0 404"), "{r}");
 }
 
+/// Drops a file's pages from the page cache (`POSIX_FADV_DONTNEED`; a no-op on tmpfs).
+fn evict_from_page_cache(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    // SAFETY: advice on a descriptor `f` owns; no memory is passed.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise {}", path.display());
+}
+
+/// Whether `path` is on tmpfs, where page-cache eviction does not apply.
+fn on_tmpfs(path: &std::path::Path) -> bool {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "tmpfs"
+}
+
+/// A warm message is read on the executor; one that the kernel would have to fetch from disk
+/// (evicted from the page cache) or that another client moved meanwhile is read on the
+/// blocking pool. Every one arrives whole, and the metric counts the blocking reads.
+#[test]
+fn cold_and_moved_messages_are_served_whole_and_counted() {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    let samples = fx.deliver_samples("alice");
+    fx.config("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let srv = Server::start(&fx, &[]);
+    let admin = metrics_addr(&srv);
+    let blocking = || metric(&scrape(admin), "corepop_message_blocking_reads_total");
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    let retr_all = |c: &mut Pop3Client| {
+        for (i, (name, bytes)) in samples.iter().enumerate() {
+            let (st, body) = c.multi(&format!("RETR {}", i + 1));
+            assert!(st.starts_with("+OK"), "{name}: {st}");
+            assert_eq!(body, common::expected_wire(bytes), "{name}");
+        }
+    };
+    // Warm (just written): served whole, wherever it was read.
+    retr_all(&mut c);
+    let warm = blocking();
+
+    // Cold: every message evicted from the page cache.
+    let maildir = fx.maildir("alice");
+    let files: Vec<_> = fx.maildir_files("alice");
+    for f in &files {
+        evict_from_page_cache(&maildir.join(f));
+    }
+    retr_all(&mut c);
+    let cold = blocking();
+    if !on_tmpfs(&maildir) {
+        assert!(
+            cold > warm,
+            "evicted messages were not read on the blocking pool ({warm} -> {cold})"
+        );
+    }
+
+    // Moved by another client (flags changed): found again by its base name.
+    for f in &files {
+        let from = maildir.join(f);
+        let name = from.file_name().unwrap().to_str().unwrap().to_string();
+        let base = name.split(':').next().unwrap();
+        fs::rename(&from, maildir.join("cur").join(format!("{base}:2,P"))).unwrap();
+    }
+    retr_all(&mut c);
+    let moved = blocking();
+    assert!(
+        moved >= cold + samples.len() as u64,
+        "moved messages must be looked up on the blocking pool ({cold} -> {moved})"
+    );
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+}
+
 /// Spawns `corepop serve` with extra environment, returning the child and a reader for
 /// its stdout lines.
 fn spawn_with_env(
