@@ -214,6 +214,9 @@ impl StreamTransform {
 
     /// Appends the wire form of the next `input` bytes to `out` (at most twice their size).
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        // One allocation up front instead of a doubling (and a copy of everything so far)
+        // every few lines: room for a CR per 32 octets; very short lines may grow it once.
+        out.reserve(input.len() + input.len() / 32 + 8);
         let mut start = 0;
         while start < input.len() && !self.done {
             if self.at_line_start {
@@ -231,7 +234,10 @@ impl StreamTransform {
                     } else {
                         self.last == Some(b'\r')
                     };
-                    out.extend_from_slice(if had_cr { b"\n" } else { b"\r\n" });
+                    if !had_cr {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
                     let line_len = self.line_len + i as u64;
                     let empty = line_len == 0 || (line_len == 1 && had_cr);
                     self.line_len = 0;
