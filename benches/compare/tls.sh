@@ -1,249 +1,31 @@
 #!/usr/bin/env bash
 # corepop vs Dovecot over TLS: run.sh's full-download workload, with every connection on
-# implicit TLS (POP3S), and the same Markdown table of medians and ratios.
+# implicit TLS (POP3S) or STARTTLS, and the same Markdown table of medians and ratios.
 #
 #   sudo benches/compare/tls.sh            # default run, about 2.5 minutes on 2 cores
 #   QUICK=1 sudo benches/compare/tls.sh    # smoke run, under a minute
 #
-# What it does, all inside one temporary directory and on 127.0.0.1 only:
-#  1. generates the run.sh corpus (gen_corpus.py) and, with openssl, a throw-away CA and a
-#     certificate for `localhost`/127.0.0.1 signed by it (keys never leave the directory);
-#  2. starts a private Dovecot (lib.sh; `ssl = required`, a pop3s inet_listener with
-#     `ssl = yes`) and corepop (an implicit-TLS listener, --listen-tls), both on that
-#     certificate;
-#  3. primes both over TLS (one full pass over every user), then runs
-#     `corepop bench --mode MODE --tls TLS_MODE --tls-ca <the CA>` at each CONCURRENCY against
-#     both, REPS times, alternating which server goes first;
-#  4. prints medians and corepop/Dovecot ratios (summarize.py), with the share of resumed
-#     handshakes per server in the notes.
-# The load generator shares one rustls client configuration across its workers, so a new
-# connection resumes a session when the server accepts the ticket it was given earlier
-# (TLS_RESUME=0: every handshake is a full one). Servers are stopped on exit, error or Ctrl-C.
+# A wrapper: it runs run.sh with TLS=$TLS_MODE. run.sh then makes a throw-away CA and a
+# localhost certificate with openssl, gives both servers TLS listeners on it, runs every
+# `corepop bench` with `--tls TLS_MODE --tls-ca <the CA>`, and adds the negotiated protocol and
+# the share of resumed handshakes to the table's notes (see the top of run.sh).
 #
-# Environment (defaults in brackets; QUICK=1 changes the ones marked *):
-#   QUICK [0]            1 = smoke run
-#   USERS* [320]         users in the corpus (must exceed the largest concurrency)
-#   MSGS* [40]           messages per user
-#   REPS* [3]            repetitions of each (server, concurrency)
-#   DURATION* [8]        measured seconds per run
-#   WARMUP* [2]          warmup seconds per run
-#   CONCURRENCY ["32 256"]  connection counts to test
-#   MODE [full]          bench mode (full, retr-sample, top, login)
+# Environment: every knob of run.sh (QUICK, USERS, MSGS, REPS, DURATION, WARMUP, CONCURRENCY,
+# MODE, IDLE, COREPOP, BUILD, COREPOP_THREADS, DOVECOT_POP3_SERVICE_COUNT, RESULTS, KEEP,
+# TMPDIR; same defaults), plus (defaults in brackets):
 #   TLS_MODE [implicit]  implicit (the servers' POP3S listeners) or starttls (STLS on their
 #                        plaintext listeners)
 #   TLS_RESUME [1]       0 = `bench --tls-no-resume`: full handshakes only
 #   KEY [rsa2048]        server key: rsa2048 or ec256 (ECDSA P-256)
-#   COREPOP [<repo>/target/release/corepop]  binary to serve and to run `bench` with
-#   BUILD [1]            run `cargo build --release` first (only for the default COREPOP)
-#   COREPOP_THREADS []   set [server] threads for corepop (default: corepop's own default)
-#   DOVECOT_POP3_SERVICE_COUNT [1000]  pop3 processes are reused for this many sessions
-#   RESULTS []           also write the Markdown table to this file
-#   KEEP [0]             1 = keep the temporary directory (corpus, certificate, configs, logs,
-#                        JSON)
-#   TMPDIR [/tmp]        where the temporary directory goes
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-
-QUICK=${QUICK:-0}
-if [[ $QUICK == 1 ]]; then
-  d_users=300 d_msgs=8 d_reps=1 d_dur=3 d_warm=1
-else
-  d_users=320 d_msgs=40 d_reps=3 d_dur=8 d_warm=2
-fi
-USERS=${USERS:-$d_users}
-MSGS=${MSGS:-$d_msgs}
-REPS=${REPS:-$d_reps}
-DURATION=${DURATION:-$d_dur}
-WARMUP=${WARMUP:-$d_warm}
-CONCURRENCY=${CONCURRENCY:-"32 256"}
-MODE=${MODE:-full}
 TLS_MODE=${TLS_MODE:-implicit}
-TLS_RESUME=${TLS_RESUME:-1}
-KEY=${KEY:-rsa2048}
-DEFAULT_COREPOP=$REPO/target/release/corepop
-COREPOP=${COREPOP:-$DEFAULT_COREPOP}
-BUILD=${BUILD:-1}
-COREPOP_THREADS=${COREPOP_THREADS:-}
-DOVECOT_POP3_SERVICE_COUNT=${DOVECOT_POP3_SERVICE_COUNT:-1000}
-RESULTS=${RESULTS:-}
-KEEP=${KEEP:-0}
-
-log() { echo "tls: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-# ---- checks -------------------------------------------------------------------------------
-[[ $(id -u) == 0 ]] || die "run as root: Dovecot's master process needs it"
-command -v dovecot >/dev/null || die "dovecot not found (apt-get install dovecot-pop3d)"
-command -v python3 >/dev/null || die "python3 not found"
-command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
-getent passwd dovecot >/dev/null || die "no 'dovecot' user (apt-get install dovecot-core)"
-case $TLS_MODE in implicit | starttls) ;; *) die "TLS_MODE must be implicit or starttls" ;; esac
-case $KEY in
-  rsa2048) KEY_ARGS=(-newkey rsa:2048) ;;
-  ec256) KEY_ARGS=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
-  *) die "KEY must be rsa2048 or ec256" ;;
+case $TLS_MODE in
+  implicit | starttls) ;;
+  *)
+    echo "tls: error: TLS_MODE must be implicit or starttls" >&2
+    exit 1
+    ;;
 esac
-MAXC=0
-for c in $CONCURRENCY; do
-  ((c > MAXC)) && MAXC=$c
-  ((c < USERS)) || die "CONCURRENCY $c needs more than $c users (USERS=$USERS): a user is never in two sessions at once"
-done
-if [[ $COREPOP == "$DEFAULT_COREPOP" && $BUILD == 1 ]]; then
-  log "building corepop (cargo build --release)"
-  (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
-fi
-[[ -x $COREPOP ]] || die "$COREPOP not found (cargo build --release, or set COREPOP)"
-"$COREPOP" bench --help 2>/dev/null | grep -q -- '--tls-ca' ||
-  die "$COREPOP bench has no --tls option (build the current tree)"
-
-# ---- temporary directory, cleanup on exit, server start-up: shared with the other scripts -
-# shellcheck source=lib.sh
-. "$HERE/lib.sh"
-lib_init
-
-# ---- 1. corpus and certificate ------------------------------------------------------------
-log "generating the corpus: $USERS users x $MSGS messages in $TMP"
-CORPUS_STATS=$(python3 "$HERE/gen_corpus.py" --out "$TMP/corpus" --users "$USERS" --messages "$MSGS")
-log "corpus: $CORPUS_STATS"
-
-PKI=$TMP/pki
-mkdir -m 700 "$PKI"
-log "generating a CA and a $KEY certificate for localhost with openssl in $PKI"
-(
-  cd "$PKI"
-  umask 077
-  openssl req -x509 "${KEY_ARGS[@]}" -nodes -keyout ca.key -out ca.pem -days 2 \
-    -subj "/CN=corepop bench CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  openssl req -new "${KEY_ARGS[@]}" -nodes -keyout server.key -out server.csr -subj "/CN=localhost"
-  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >server.ext
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile server.ext -out server.pem
-  chmod 644 ca.pem server.pem
-) >"$PKI/openssl.log" 2>&1 || die "openssl failed: $(tail -5 "$PKI/openssl.log")"
-CA=$PKI/ca.pem
-
-# ---- 2. servers ---------------------------------------------------------------------------
-LIB_TLS_CERT=$PKI/server.pem
-LIB_TLS_KEY=$PKI/server.key
-start_dovecot "$TMP/corpus/mail" "$TMP/corpus/passwd" $((MAXC + 64))
-start_corepop "$TMP/corpus/mail" "$TMP/corpus/passwd" "$COREPOP_THREADS"
-
-addr_of() {
-  case $1-$TLS_MODE in
-    corepop-implicit) echo "$COREPOP_TLS_ADDR" ;;
-    corepop-starttls) echo "$COREPOP_ADDR" ;;
-    dovecot-implicit) echo "$DOVECOT_TLS_ADDR" ;;
-    dovecot-starttls) echo "$DOVECOT_ADDR" ;;
-  esac
-}
-pid_of() { if [[ $1 == corepop ]]; then echo "$COREPOP_PID"; else echo "$DOVECOT_PID"; fi; }
-
-# What each server negotiates (openssl's client; the load generator offers the same TLS 1.3
-# suites in the same order: AES-256-GCM first).
-NEGOTIATED=()
-for s in corepop dovecot; do
-  st=()
-  [[ $TLS_MODE == starttls ]] && st=(-starttls pop3)
-  out=$(openssl s_client -connect "$(addr_of "$s")" -servername localhost -CAfile "$CA" \
-    -verify_return_error -brief "${st[@]}" </dev/null 2>&1) ||
-    die "openssl s_client against $s failed: $(tail -5 <<<"$out")"
-  proto=$(sed -n 's/^Protocol version: //p' <<<"$out")
-  suite=$(sed -n 's/^Ciphersuite: //p' <<<"$out")
-  group=$(sed -n 's/^\(Negotiated TLS1.3 group\|Server Temp Key\): //p' <<<"$out" | head -n 1)
-  log "$s: $proto $suite ${group:+($group)}"
-  NEGOTIATED+=("$s $proto $suite${group:+, $group}")
-done
-
-TLS_ARGS=(--tls "$TLS_MODE" --tls-ca "$CA" --tls-server-name localhost)
-[[ $TLS_RESUME == 1 ]] || TLS_ARGS+=(--tls-no-resume)
-
-# run_bench SERVER OUTFILE ARGS... : one `corepop bench --json` run over TLS; fails on any
-# error.
-run_bench() {
-  local server=$1 out=$2
-  shift 2
-  "$COREPOP" bench --addr "$(addr_of "$server")" --users "$TMP/corpus/users.txt" \
-    --server-pid "$(pid_of "$server")" --json --quiet "${TLS_ARGS[@]}" "$@" >"$out" 2>"$out.err" ||
-    die "bench against $server failed: $(tail -5 "$out.err")"
-  if ! python3 - "$server" "$out" <<'EOF' >&2; then
-import json, sys
-server, path = sys.argv[1], sys.argv[2]
-r = json.load(open(path))
-errs = {k: v for k, v in r["errors_all"].items() if v}
-cpu = r["server_cpu_ms_per_session"]
-hs = r["tls_handshakes"]
-print(f"tls:   {server:<8} {r['mode']} {r['tls']} c={r['concurrency']:<4} {r['sessions_per_s']:9.1f} sessions/s "
-      f"{r['mb_per_s']:8.1f} MB/s  p50 {r['latency_ms']['session']['p50']:7.2f} ms  "
-      f"p99 {r['latency_ms']['session']['p99']:7.2f} ms  server CPU "
-      f"{'-' if cpu is None else format(cpu, '.3f')} ms/session  "
-      f"resumed {r['tls_resumed']}/{hs}  errors {errs or 0}")
-sys.exit(1 if errs or r["sessions"] == 0 or hs == 0 else 0)
-EOF
-    die "$server: errors or no sessions in $out (details: $(head -c 600 "$out.err"))"
-  fi
-}
-
-# ---- 3. priming and measured runs ---------------------------------------------------------
-mkdir -p "$TMP/prime" "$TMP/results"
-for s in corepop dovecot; do
-  log "priming $s over TLS: one full session per user"
-  run_bench "$s" "$TMP/prime/$s.json" --mode full --sessions "$USERS" --concurrency 16 --warmup 0
-done
-
-log "measuring: mode $MODE over $TLS_MODE TLS, concurrency {$CONCURRENCY}, $REPS x ${DURATION}s (+${WARMUP}s warmup) per server"
-for ((rep = 1; rep <= REPS; rep++)); do
-  for c in $CONCURRENCY; do
-    if ((rep % 2)); then order="corepop dovecot"; else order="dovecot corepop"; fi
-    for s in $order; do
-      # The "-tls" suffix names the workload in the table (summarize.py takes it from the
-      # file name).
-      run_bench "$s" "$TMP/results/$s-$MODE-tls-c$c-r$rep.json" --mode "$MODE" --concurrency "$c" \
-        --duration "$DURATION" --warmup "$WARMUP"
-    done
-  done
-done
-
-# ---- 4. table -----------------------------------------------------------------------------
-RESUMED=$(python3 - "$TMP/results" <<'EOF'
-import json, os, re, sys
-d = sys.argv[1]
-tot = {}
-for f in os.listdir(d):
-    m = re.match(r"^(corepop|dovecot)-.*-c(\d+)-r\d+\.json$", f)
-    if m:
-        r = json.load(open(os.path.join(d, f)))
-        t = tot.setdefault((m.group(1), int(m.group(2))), [0, 0])
-        t[0] += r["tls_resumed"]
-        t[1] += r["tls_handshakes"]
-parts = [f"{s} {c} conns {100 * a / b:.0f} %" for (s, c), (a, b) in sorted(tot.items()) if b]
-print("; ".join(parts))
-EOF
-)
-if [[ $TLS_RESUME == 1 ]]; then
-  resume_note="the load generator's workers share one rustls session cache (resumption on); resumed handshakes in the measured windows: $RESUMED"
-else
-  resume_note="bench --tls-no-resume: every handshake is a full one"
-fi
-TABLE=$(python3 "$HERE/summarize.py" "$TMP/results" \
-  --title "corepop vs Dovecot $(dovecot --version | cut -d' ' -f1), POP3 mode '$MODE' over $TLS_MODE TLS (medians of $REPS)" \
-  --note "corpus: $USERS users × $MSGS messages, $CORPUS_STATS; LF endings, Dovecot-style names in new/" \
-  --note "each run: ${WARMUP} s warmup + ${DURATION} s measured; closed loop, one user never in two sessions at once" \
-  --note "TLS: $TLS_MODE, $KEY server key (certificate signed by a throw-away CA, verified by the client); negotiated: ${NEGOTIATED[0]}; ${NEGOTIATED[1]}" \
-  --note "$resume_note" \
-  --note "machine: $(nproc) CPUs, $(uname -r), $(openssl version | cut -d' ' -f1-2) (Dovecot); load generator, corepop and Dovecot share the CPUs (loopback)" \
-  --note "Dovecot: ssl = required, pop3s listener ssl = yes, pop3-login service_count=0 (process_min_avail 2), pop3 client_limit=1, service_count=$DOVECOT_POP3_SERVICE_COUNT; corepop: --listen-tls, failure_delay_ms=0${COREPOP_THREADS:+, threads=$COREPOP_THREADS}" \
-  --note "server CPU = utime+stime of the server's whole process tree during the window / sessions in the window")
-echo
-echo "$TABLE"
-if [[ -n $RESULTS ]]; then
-  echo "$TABLE" >"$RESULTS"
-  log "table written to $RESULTS"
-fi
-FAILED=0
+export TLS=$TLS_MODE
+exec "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/run.sh" "$@"
