@@ -177,3 +177,39 @@ fn snapshot_semantics_under_concurrent_delivery_and_removal() {
     assert!(!uidls.contains(&uidl_of(&samples[5].0).to_owned()));
     assert_eq!(uidls.last().unwrap(), "1800000000.M1P1.x");
 }
+
+/// An empty mailbox (many are) gets no index file: nothing to keep stable. Once mail arrives
+/// the index is written, and emptying the mailbox again keeps it (with no records), so the
+/// UIDL format its clients saw stays.
+#[test]
+fn empty_mailboxes_get_no_index_until_mail_arrives() {
+    let mut fx = Fixture::new();
+    fx.add_user("bob", "pw");
+    fx.config(ROOT_OK);
+    let index = fx.maildir("bob").join("corepop-index");
+    let srv = Server::start(&fx, &[]);
+    let login = || {
+        let mut c = Pop3Client::connect(srv.addr);
+        assert!(c.login("bob", "pw").starts_with("+OK"));
+        c
+    };
+    let mut c = login();
+    assert_eq!(c.cmd("STAT"), "+OK 0 0");
+    c.cmd("QUIT");
+    assert!(!index.exists(), "an empty Maildir got an index");
+
+    fx.deliver("bob", "new", "1700000000.M1P1.h", b"Subject: x\n\nhi\n");
+    let mut c = login();
+    assert!(c.cmd("STAT").starts_with("+OK 1 "));
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    assert!(index.exists(), "no index after a delivery");
+
+    let mut c = login();
+    assert_eq!(c.cmd("STAT"), "+OK 0 0");
+    c.cmd("QUIT");
+    assert!(
+        index.exists(),
+        "the index of a Maildir that was emptied went away"
+    );
+}

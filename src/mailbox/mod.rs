@@ -454,7 +454,12 @@ fn load_uncached(
         keyed.sort_by_key(|(k, _)| *k);
         messages = keyed.into_iter().map(|(_, m)| m).collect();
     }
-    if dirty || misses > 0 || known.records.len() != messages.len() {
+    // An empty Maildir that never had an index needs none: there are no UIDLs to keep
+    // stable, and rebuilding nothing is free. (Many mailboxes are empty; this saves a file,
+    // a write and a cached inode for each.)
+    let nothing_to_keep =
+        messages.is_empty() && fs::symlink_metadata(root.join(index::INDEX_FILE)).is_err();
+    if (dirty || misses > 0 || known.records.len() != messages.len()) && !nothing_to_keep {
         let recs: Vec<(&str, index::Record)> = messages
             .iter()
             .map(|m| {
