@@ -150,7 +150,7 @@ pub(crate) async fn run(
     let mut peer = stream.peer_addr().ok();
     // Admission: the PROXY header (from trusted networks only) names the real client, whose
     // address then counts for limits, penalties and logs.
-    let admitted = admit(&mut stream, spec, &shared, &mut peer).await;
+    let admitted = Box::pin(admit(&mut stream, spec, &shared, &mut peer)).await;
     let slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -347,7 +347,10 @@ impl Conn {
             secure: self.implicit_tls,
             sasl: self.shared.sasl,
         };
-        let mut session: Session<Maildrop> = Session::new(self.shared.session_cfg.clone(), info);
+        // Boxed: it lives as long as the connection, and keeping it out of the task future
+        // keeps the task smaller (see docs/architecture.md, "An idle connection's memory").
+        let mut session: Box<Session<Maildrop>> =
+            Box::new(Session::new(self.shared.session_cfg.clone(), info));
         let mut out = Vec::with_capacity(256);
         session.greeting(&mut out);
         let mut buf = [0u8; READ_BUF];
@@ -403,161 +406,17 @@ impl Conn {
                 }
                 Step::Flush => self.flush(&mut out).await?,
                 Step::Login(req) => {
-                    // A penalised address waits before any reply to its next attempt.
-                    let key = self.peer.map(|p| ip_key(p.ip()));
-                    let owed = key.map_or(Duration::ZERO, |k| registry.penalty_delay(k));
-                    let scram = self.scram.take().map(|s| *s);
-                    let result = Box::pin(self.login(*req.0, scram)).await;
-                    let mut outcome = None;
-                    let result = match result {
-                        Login::Ok {
-                            user,
-                            lock,
-                            snapshot,
-                            scram_signature,
-                            user_slot,
-                        } => {
-                            self.user_slot = Some(user_slot);
-                            if let Some(k) = key {
-                                registry.penalty_success(&self.shared, k);
-                            }
-                            if !owed.is_zero() {
-                                glommio::timer::sleep(owed).await;
-                            }
-                            if let Some(sig) = scram_signature {
-                                session.set_scram_signature(sig);
-                            }
-                            tracing::info!(user = %user, peer = %Peer(self.peer), messages = snapshot.messages().len(), "login");
-                            self.user = Some(user);
-                            self.lock = Some(lock);
-                            self.stream.tcp()?.set_read_timeout(Some(idle_timeout))?;
-                            LoginResult::Ok(Maildrop(snapshot))
-                        }
-                        Login::Failed => {
-                            if let Some(k) = key {
-                                let (level, delay) = registry.penalty_failure(&self.shared, k);
-                                if level > 0 {
-                                    tracing::info!(
-                                        peer = %Peer(self.peer),
-                                        shard = registry.shard(),
-                                        penalty = level,
-                                        delay_ms = delay.as_millis() as u64,
-                                        "login penalty"
-                                    );
-                                }
-                                let delay = delay.max(owed);
-                                if !delay.is_zero() {
-                                    self.registry.metrics.penalty(Penalty::AuthFailureDelay);
-                                    glommio::timer::sleep(delay).await;
-                                }
-                            }
-                            LoginResult::Failed
-                        }
-                        Login::InUse => LoginResult::InUse,
-                        Login::TempFail => LoginResult::TempFail,
-                        Login::PermFail => LoginResult::PermFail,
-                        Login::Refused(limits::Refused::LoginDelay) => LoginResult::LoginDelay,
-                        Login::Refused(_) => {
-                            outcome = Some(LoginOutcome::MaxPerUser);
-                            LoginResult::InUse
-                        }
-                    };
-                    self.count_login(&result, outcome);
-                    session.login_done(&mut out, result);
-                    if session.is_closed() && !session.logged_in() {
-                        self.registry.metrics.penalty(Penalty::AuthFailuresClose);
-                    }
+                    Box::pin(self.on_login(&mut session, &mut out, registry, *req.0, idle_timeout))
+                        .await?;
                 }
                 Step::SaslChallenge(ch) => {
-                    let nonce = random_nonce();
-                    match ch.mechanism {
-                        Mechanism::CramMd5 => {
-                            let challenge = format!("<{nonce}@{}>", self.shared.hostname);
-                            session.sasl_challenge(&mut out, &challenge, None);
-                        }
-                        mech => {
-                            let alg = scram_alg(mech);
-                            let user = ch.user.clone().unwrap_or_default();
-                            let auth = self.shared.auth.clone();
-                            // May derive keys from a plaintext password (PBKDF2): off the executor.
-                            let secret = off_executor(move || auth.scram_secret(&user, alg)).await;
-                            session.sasl_challenge(
-                                &mut out,
-                                &nonce,
-                                Some((&secret.salt, secret.iterations)),
-                            );
-                            self.scram = Some(Box::new(secret));
-                        }
-                    }
+                    Box::pin(self.on_sasl_challenge(&mut session, &mut out, *ch)).await;
                 }
                 Step::Retrieve { index, lines } => {
-                    let Some(Maildrop(snapshot)) = session.maildrop() else {
-                        session.retrieve_failed(&mut out, RetrieveError::Temporary);
-                        continue;
-                    };
-                    let snapshot = snapshot.clone();
-                    let entry = snapshot.messages()[index].entry;
-                    // Zero-copy only where nothing but the kernel reads the mapping: a
-                    // plaintext RETR of a message the index knows is already wire form.
-                    // Everything else is read with pread and transformed, so a file that
-                    // another process truncates reads short instead of raising SIGBUS.
-                    let zero_copy = lines.is_none()
-                        && matches!(self.stream, Transport::Plain(_))
-                        && entry.shape == Shape::Crlf
-                        && entry.dots == Some(false);
-                    let started = std::time::Instant::now();
-                    // A message whose directory entry, inode and first bytes are cached is
-                    // opened and read right here; anything that would wait for the disk (or
-                    // a moved message) goes to the blocking pool, so a cold mailbox never
-                    // stalls this core. Mappings are made there too (pre-faulted).
-                    let cached = if zero_copy {
-                        None
-                    } else {
-                        open_body_cached(&snapshot, index)
-                    };
-                    let opened = match cached {
-                        Some(body) => Ok(body),
-                        None => {
-                            self.registry.metrics.blocking_read();
-                            off_executor(move || open_body(&snapshot, index, zero_copy)).await
-                        }
-                    };
-                    match opened {
-                        Ok(body) => {
-                            session.retrieve_ready(&mut out);
-                            let taken = Box::pin(self.send_body(&mut out, body, lines)).await?;
-                            if lines.is_some() {
-                                session.count_top_octets(taken);
-                            }
-                            self.registry
-                                .metrics
-                                .retrieved(lines.is_some(), started.elapsed());
-                        }
-                        Err(e) => {
-                            tracing::warn!(user = ?self.user, index, error = %e, "cannot open message");
-                            let kind = if e.kind() == io::ErrorKind::NotFound {
-                                RetrieveError::Gone
-                            } else {
-                                RetrieveError::Temporary
-                            };
-                            session.retrieve_failed(&mut out, kind);
-                        }
-                    }
+                    Box::pin(self.on_retrieve(&mut session, &mut out, index, lines)).await?;
                 }
                 Step::Commit => {
-                    let indexes: Vec<usize> = session.deletions().collect();
-                    let failed = match session.maildrop() {
-                        Some(Maildrop(snapshot)) => {
-                            let snapshot = snapshot.clone();
-                            // Shutdown waits for this UPDATE to finish, even past its grace.
-                            registry.committing.set(registry.committing.get() + 1);
-                            let failed = off_executor(move || snapshot.commit(&indexes)).await;
-                            registry.committing.set(registry.committing.get() - 1);
-                            failed
-                        }
-                        None => indexes.len(),
-                    };
-                    session.commit_done(&mut out, failed);
+                    Box::pin(self.on_commit(&mut session, &mut out, registry)).await;
                 }
                 Step::StartTls => {
                     // The session has already dropped anything pipelined behind STLS.
@@ -584,6 +443,196 @@ impl Conn {
                 }
             }
         }
+    }
+
+    // The steps that wait on something other than the socket. Each runs as its own boxed
+    // future, so the connection's task does not carry their locals while it is idle.
+
+    /// `Step::Login`: verify, lock, snapshot; penalties; the reply.
+    async fn on_login(
+        &mut self,
+        session: &mut Session<Maildrop>,
+        out: &mut Vec<u8>,
+        registry: &Registry,
+        req: LoginRequest,
+        idle_timeout: Duration,
+    ) -> io::Result<()> {
+        // A penalised address waits before any reply to its next attempt.
+        let key = self.peer.map(|p| ip_key(p.ip()));
+        let owed = key.map_or(Duration::ZERO, |k| registry.penalty_delay(k));
+        let scram = self.scram.take().map(|s| *s);
+        let result = Box::pin(self.login(req, scram)).await;
+        let mut outcome = None;
+        let result = match result {
+            Login::Ok {
+                user,
+                lock,
+                snapshot,
+                scram_signature,
+                user_slot,
+            } => {
+                self.user_slot = Some(user_slot);
+                if let Some(k) = key {
+                    registry.penalty_success(&self.shared, k);
+                }
+                if !owed.is_zero() {
+                    glommio::timer::sleep(owed).await;
+                }
+                if let Some(sig) = scram_signature {
+                    session.set_scram_signature(sig);
+                }
+                tracing::info!(user = %user, peer = %Peer(self.peer), messages = snapshot.messages().len(), "login");
+                self.user = Some(user);
+                self.lock = Some(lock);
+                self.stream.tcp()?.set_read_timeout(Some(idle_timeout))?;
+                LoginResult::Ok(Maildrop(snapshot))
+            }
+            Login::Failed => {
+                if let Some(k) = key {
+                    let (level, delay) = registry.penalty_failure(&self.shared, k);
+                    if level > 0 {
+                        tracing::info!(
+                            peer = %Peer(self.peer),
+                            shard = registry.shard(),
+                            penalty = level,
+                            delay_ms = delay.as_millis() as u64,
+                            "login penalty"
+                        );
+                    }
+                    let delay = delay.max(owed);
+                    if !delay.is_zero() {
+                        self.registry.metrics.penalty(Penalty::AuthFailureDelay);
+                        glommio::timer::sleep(delay).await;
+                    }
+                }
+                LoginResult::Failed
+            }
+            Login::InUse => LoginResult::InUse,
+            Login::TempFail => LoginResult::TempFail,
+            Login::PermFail => LoginResult::PermFail,
+            Login::Refused(limits::Refused::LoginDelay) => LoginResult::LoginDelay,
+            Login::Refused(_) => {
+                outcome = Some(LoginOutcome::MaxPerUser);
+                LoginResult::InUse
+            }
+        };
+        self.count_login(&result, outcome);
+        session.login_done(out, result);
+        if session.is_closed() && !session.logged_in() {
+            self.registry.metrics.penalty(Penalty::AuthFailuresClose);
+        }
+        Ok(())
+    }
+
+    /// `Step::SaslChallenge`: CRAM-MD5's challenge, or SCRAM's server-first message.
+    async fn on_sasl_challenge(
+        &mut self,
+        session: &mut Session<Maildrop>,
+        out: &mut Vec<u8>,
+        ch: crate::protocol::SaslChallenge,
+    ) {
+        let nonce = random_nonce();
+        match ch.mechanism {
+            Mechanism::CramMd5 => {
+                let challenge = format!("<{nonce}@{}>", self.shared.hostname);
+                session.sasl_challenge(out, &challenge, None);
+            }
+            mech => {
+                let alg = scram_alg(mech);
+                let user = ch.user.clone().unwrap_or_default();
+                let auth = self.shared.auth.clone();
+                // May derive keys from a plaintext password (PBKDF2): off the executor.
+                let secret = off_executor(move || auth.scram_secret(&user, alg)).await;
+                session.sasl_challenge(out, &nonce, Some((&secret.salt, secret.iterations)));
+                self.scram = Some(Box::new(secret));
+            }
+        }
+    }
+
+    /// `Step::Retrieve`: open (from the kernel's caches here, else on the blocking pool) and
+    /// send one message.
+    async fn on_retrieve(
+        &mut self,
+        session: &mut Session<Maildrop>,
+        out: &mut Vec<u8>,
+        index: usize,
+        lines: Option<u64>,
+    ) -> io::Result<()> {
+        let Some(Maildrop(snapshot)) = session.maildrop() else {
+            session.retrieve_failed(out, RetrieveError::Temporary);
+            return Ok(());
+        };
+        let snapshot = snapshot.clone();
+        let entry = snapshot.messages()[index].entry;
+        // Zero-copy only where nothing but the kernel reads the mapping: a
+        // plaintext RETR of a message the index knows is already wire form.
+        // Everything else is read with pread and transformed, so a file that
+        // another process truncates reads short instead of raising SIGBUS.
+        let zero_copy = lines.is_none()
+            && matches!(self.stream, Transport::Plain(_))
+            && entry.shape == Shape::Crlf
+            && entry.dots == Some(false);
+        let started = std::time::Instant::now();
+        // A message whose directory entry, inode and first bytes are cached is
+        // opened and read right here; anything that would wait for the disk (or
+        // a moved message) goes to the blocking pool, so a cold mailbox never
+        // stalls this core. Mappings are made there too (pre-faulted).
+        let cached = if zero_copy {
+            None
+        } else {
+            open_body_cached(&snapshot, index)
+        };
+        let opened = match cached {
+            Some(body) => Ok(body),
+            None => {
+                self.registry.metrics.blocking_read();
+                off_executor(move || open_body(&snapshot, index, zero_copy)).await
+            }
+        };
+        match opened {
+            Ok(body) => {
+                session.retrieve_ready(out);
+                let taken = Box::pin(self.send_body(out, body, lines)).await?;
+                if lines.is_some() {
+                    session.count_top_octets(taken);
+                }
+                self.registry
+                    .metrics
+                    .retrieved(lines.is_some(), started.elapsed());
+            }
+            Err(e) => {
+                tracing::warn!(user = ?self.user, index, error = %e, "cannot open message");
+                let kind = if e.kind() == io::ErrorKind::NotFound {
+                    RetrieveError::Gone
+                } else {
+                    RetrieveError::Temporary
+                };
+                session.retrieve_failed(out, kind);
+            }
+        }
+        Ok(())
+    }
+
+    /// `Step::Commit`: the UPDATE state's deletions, on the blocking pool.
+    async fn on_commit(
+        &mut self,
+        session: &mut Session<Maildrop>,
+        out: &mut Vec<u8>,
+        registry: &Registry,
+    ) {
+        let indexes: Vec<usize> = session.deletions().collect();
+        let failed = match session.maildrop() {
+            Some(Maildrop(snapshot)) => {
+                let snapshot = snapshot.clone();
+                // Shutdown waits for this UPDATE to finish, even past its grace.
+                registry.committing.set(registry.committing.get() + 1);
+                let failed = off_executor(move || snapshot.commit(&indexes)).await;
+                registry.committing.set(registry.committing.get() - 1);
+                failed
+            }
+            None => indexes.len(),
+        };
+        session.commit_done(out, failed);
     }
 
     async fn release_lock(&mut self) {
