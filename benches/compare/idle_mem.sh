@@ -14,8 +14,13 @@
 #    "server-side" estimates take half of it. Per connection = (tree delta + slab delta[/2]) / N.
 #  latency: REPS runs each of `bench --mode full -c C --duration DURATION` with and without
 #    --idle N held, alternating; the table shows the median session p99 (and p50, sessions/s).
+#  PRIME=1: before the memory pass, log the N idle users in and out once and take the Slab
+#    baseline after that, so the kernel's inodes and dentries of each mailbox's files (made
+#    at its first login) are not counted per connection; the process figures still include
+#    the server's per-mailbox caches. Default 0: every login in the measured pass is its
+#    mailbox's first, and the Slab delta includes those files.
 # Environment: IDLE ["5000 15000"] DOVECOT ["1"] DOVECOT_IDLE ["2000"] C [32] REPS [3]
-#   DURATION [5] WARMUP [1] SETTLE [3] WORK_USERS [64] WORK_MSGS [20] COREPOP KEEP
+#   DURATION [5] WARMUP [1] SETTLE [3] WORK_USERS [64] WORK_MSGS [20] PRIME [0] COREPOP KEEP
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -30,6 +35,7 @@ WARMUP=${WARMUP:-1}
 SETTLE=${SETTLE:-3}
 WORK_USERS=${WORK_USERS:-64}
 WORK_MSGS=${WORK_MSGS:-20}
+PRIME=${PRIME:-0}
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 lib_init
@@ -64,6 +70,18 @@ measure() { # server addr pid n
 
   sleep 1
   rss0=$(tree_rss_kb "$pid"); pss0=$(pss_kb "$pid"); slab0=$(slab_kb)
+  if [[ $PRIME == 1 ]]; then
+    # Log every idle user in and out once, then take the Slab baseline again: the kernel's
+    # inodes and dentries for each mailbox's files (created at its first login) are then not
+    # counted per connection. The process baseline stays the one from before: the server's
+    # allocator keeps and reuses what the priming pass freed, so a later baseline would
+    # hide the per-connection memory.
+    "$COREPOP" bench --addr "$addr" --users "$TMP/corpus/users.txt" --idle-users "$TMP/corpus/idle-users.txt" \
+      --idle "$n" -c 0 --warmup 0 --duration 1 --json >"$RES/prime-$s-$n.json" 2>"$RES/prime-$s-$n.err" ||
+      die "priming $n idle connections failed: $(tail -3 "$RES/prime-$s-$n.err")"
+    sleep "$SETTLE"
+    slab0=$(slab_kb)
+  fi
   "$COREPOP" bench --addr "$addr" --users "$TMP/corpus/users.txt" --idle-users "$TMP/corpus/idle-users.txt" \
     --idle "$n" -c 0 --warmup 0 --duration $((SETTLE + 20)) --json >"$RES/mem-$s-$n.json" 2>"$RES/mem-$s-$n.err" &
   bpid=$!
