@@ -779,41 +779,20 @@ fn curl_list_uidl_retr_top() {
 /// `--fetchlimit` reached (PS_MAXFETCH).
 fn run_fetchmail(s: &Setup, tag: &str, extra: &[&str], ok_codes: &[i32]) -> PathBuf {
     let out = s.mkdir(&format!("fetchmail-{tag}"));
-    let mda = s.w("fetchmail-mda.sh");
-    write_file(
-        &mda,
-        "#!/bin/sh\nset -e\nf=$(mktemp \"$1/msg.XXXXXXXX\")\ncat > \"$f\"\n",
-        0o755,
-    );
-    let rc = s.w(&format!("fetchmailrc-{tag}"));
-    write_file(
-        &rc,
-        &format!(
-            "poll 127.0.0.1 with service {port} protocol pop3 auth password timeout 30\n\
-             \tuser \"{USER}\" there with password \"{PASS}\"\n",
-            port = s.port(),
-        ),
-        0o600,
-    );
     let mut cmd = s.command("fetchmail");
-    cmd.env("FETCHMAILHOME", s.work.path())
-        .arg("-f")
-        .arg(&rc)
-        .arg("--pidfile")
-        .arg(s.w("fetchmail.pid"))
-        .arg("--idfile")
-        .arg(s.w("fetchmail.ids"))
-        .args(["--sslproto", ""])
-        .arg("--mda")
-        .arg(format!("{} {}", mda.display(), out.display()))
-        .args([
-            "--nosyslog",
-            "--nobounce",
-            "--invisible",
-            "--norewrite",
-            "-v",
-        ])
-        .args(extra);
+    cmd.env("FETCHMAILHOME", s.work.path());
+    common::fetchmail_args(
+        &mut cmd,
+        s.work.path(),
+        tag,
+        s.port(),
+        "password",
+        USER,
+        PASS,
+        &out,
+    )
+    .args(["--sslproto", ""])
+    .args(extra);
     let what = format!("fetchmail {}", extra.join(" "));
     let run = run_client(s, &what, &mut cmd);
     if !run.status.code().is_some_and(|c| ok_codes.contains(&c)) {

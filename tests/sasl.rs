@@ -622,45 +622,20 @@ fn fetchmail_cram_md5() {
     let work = fx.path().join("fetchmail");
     let out = work.join("out");
     fs::create_dir_all(&out).unwrap();
-    let mda = work.join("mda.sh");
-    fs::write(
-        &mda,
-        "#!/bin/sh\nset -e\nf=$(mktemp \"$1/msg.XXXXXXXX\")\ncat > \"$f\"\n",
+    let mut cmd = Command::new("fetchmail");
+    cmd.env("HOME", &work).env("FETCHMAILHOME", &work);
+    common::fetchmail_args(
+        &mut cmd,
+        &work,
+        "cram",
+        server.addr.port(),
+        "cram-md5",
+        "alice",
+        "s3cret",
+        &out,
     )
-    .unwrap();
-    fs::set_permissions(&mda, fs::Permissions::from_mode(0o755)).unwrap();
-    let rc = work.join("fetchmailrc");
-    fs::write(
-        &rc,
-        format!(
-            "poll 127.0.0.1 with service {} protocol pop3 auth cram-md5 timeout 30\n\
-             \tuser \"alice\" there with password \"s3cret\"\n",
-            server.addr.port()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
-    let run = Command::new("fetchmail")
-        .env("HOME", &work)
-        .env("FETCHMAILHOME", &work)
-        .arg("-f")
-        .arg(&rc)
-        .arg("--pidfile")
-        .arg(work.join("fetchmail.pid"))
-        .arg("--idfile")
-        .arg(work.join("fetchmail.ids"))
-        .args(["--sslproto", "", "--keep"])
-        .arg("--mda")
-        .arg(format!("{} {}", mda.display(), out.display()))
-        .args([
-            "--nosyslog",
-            "--nobounce",
-            "--invisible",
-            "--norewrite",
-            "-v",
-        ])
-        .output()
-        .unwrap();
+    .args(["--sslproto", "", "--keep"]);
+    let run = cmd.output().unwrap();
     let trace =
         String::from_utf8_lossy(&run.stderr).into_owned() + &String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "fetchmail: {trace}");

@@ -691,13 +691,6 @@ fn mpop_tls_and_starttls() {
 #[test]
 fn fetchmail_ssl_and_stls() {
     let s = Setup::new();
-    let mda = s.w("mda.sh");
-    fs::write(
-        &mda,
-        "#!/bin/sh\nset -e\nf=$(mktemp \"$1/msg.XXXXXXXX\")\ncat > \"$f\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(&mda, fs::Permissions::from_mode(0o755)).unwrap();
     for (tag, port, mode) in [
         ("ssl", s.tls.port(), ["--ssl", "--sslproto", "tls1.2+"]),
         (
@@ -708,44 +701,28 @@ fn fetchmail_ssl_and_stls() {
     ] {
         let out = s.w(&format!("fetchmail-{tag}"));
         fs::create_dir_all(&out).unwrap();
-        let rc = s.w(&format!("fetchmailrc-{tag}"));
-        fs::write(
-            &rc,
-            format!(
-                "poll 127.0.0.1 with service {port} protocol pop3 auth password timeout 30\n\
-                 \tuser \"{USER}\" there with password \"{PASS}\"\n"
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
         let mut cmd = s.command("fetchmail");
-        cmd.env("FETCHMAILHOME", s.fx.path())
-            .arg("-f")
-            .arg(&rc)
-            .arg("--pidfile")
-            .arg(s.w(&format!("fetchmail-{tag}.pid")))
-            .arg("--idfile")
-            .arg(s.w(&format!("fetchmail-{tag}.ids")))
-            .args(mode)
-            // fetchmail matches DNS names only, not IP SANs: check the name `localhost`.
-            .args([
-                "--sslcommonname",
-                "localhost",
-                "--sslcertck",
-                "--sslcertfile",
-            ])
-            .arg(&s.certs.ca)
-            .arg("--mda")
-            .arg(format!("{} {}", mda.display(), out.display()))
-            .args([
-                "--nosyslog",
-                "--nobounce",
-                "--invisible",
-                "--norewrite",
-                "--keep",
-                "--fetchall",
-                "-v",
-            ]);
+        cmd.env("FETCHMAILHOME", s.fx.path());
+        common::fetchmail_args(
+            &mut cmd,
+            s.fx.path(),
+            tag,
+            port,
+            "password",
+            USER,
+            PASS,
+            &out,
+        )
+        .args(mode)
+        // fetchmail matches DNS names only, not IP SANs: check the name `localhost`.
+        .args([
+            "--sslcommonname",
+            "localhost",
+            "--sslcertck",
+            "--sslcertfile",
+        ])
+        .arg(&s.certs.ca)
+        .args(["--keep", "--fetchall"]);
         let text = s.run(&format!("fetchmail {tag}"), &mut cmd, &[0]);
         if tag == "stls" {
             assert!(text.contains("STLS"), "fetchmail did not use STLS:\n{text}");

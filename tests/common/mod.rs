@@ -911,3 +911,62 @@ pub fn by_message_id(messages: &[(String, Vec<u8>)]) -> BTreeMap<String, &(Strin
     }
     map
 }
+
+// ---------------------------------------------------------------------------------------------
+// fetchmail
+// ---------------------------------------------------------------------------------------------
+
+/// Adds to `cmd` (a `fetchmail` command whose environment the caller has set up) what every
+/// test's fetchmail run shares, writing its files into `dir`: a run-control file
+/// `fetchmailrc-<tag>` that polls `127.0.0.1:port` with `auth` (`password`, `cram-md5`) as
+/// `user`/`pass`; pid and id files (`fetchmail.pid`, `fetchmail.ids`: the id file is fetchmail's
+/// UIDL memory, so it is the same for every run in `dir`); and an MDA script that stores each
+/// message fetchmail hands it unchanged as a new file in `out`. Options: no syslog, no bounces,
+/// no `Received:` header (`--invisible`), no address rewriting, verbose. Callers add the mode
+/// (`--keep`, `--uidl`, TLS options, ...).
+#[allow(dead_code, clippy::too_many_arguments)]
+pub fn fetchmail_args<'a>(
+    cmd: &'a mut Command,
+    dir: &Path,
+    tag: &str,
+    port: u16,
+    auth: &str,
+    user: &str,
+    pass: &str,
+    out: &Path,
+) -> &'a mut Command {
+    use std::os::unix::fs::PermissionsExt;
+    let mda = dir.join("fetchmail-mda.sh");
+    fs::write(
+        &mda,
+        "#!/bin/sh\nset -e\nf=$(mktemp \"$1/msg.XXXXXXXX\")\ncat > \"$f\"\n",
+    )
+    .expect("write the fetchmail MDA");
+    fs::set_permissions(&mda, fs::Permissions::from_mode(0o755)).unwrap();
+    let rc = dir.join(format!("fetchmailrc-{tag}"));
+    fs::write(
+        &rc,
+        format!(
+            "poll 127.0.0.1 with service {port} protocol pop3 auth {auth} timeout 30\n\
+             \tuser \"{user}\" there with password \"{pass}\"\n"
+        ),
+    )
+    .expect("write the fetchmailrc");
+    // fetchmail refuses a run-control file others can read.
+    fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
+    cmd.arg("-f")
+        .arg(&rc)
+        .arg("--pidfile")
+        .arg(dir.join("fetchmail.pid"))
+        .arg("--idfile")
+        .arg(dir.join("fetchmail.ids"))
+        .arg("--mda")
+        .arg(format!("{} {}", mda.display(), out.display()))
+        .args([
+            "--nosyslog",
+            "--nobounce",
+            "--invisible",
+            "--norewrite",
+            "-v",
+        ])
+}
