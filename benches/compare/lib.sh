@@ -1,6 +1,7 @@
-# Shared pieces for benches/compare/retr_large.sh and idle_mem.sh (sourced, not run).
-# Same private-Dovecot and corepop setup as run.sh: loopback only, everything in one
-# temporary directory $TMP, servers stopped on exit, error and Ctrl-C.
+# Shared pieces for the scripts in benches/compare/ (run.sh and its tls.sh wrapper,
+# retr_large.sh, idle_mem.sh, login_100k.sh; sourced, not run): the private Dovecot and
+# corepop they all compare, loopback only, everything in one temporary directory $TMP,
+# servers stopped on exit, error and Ctrl-C.
 #
 # The caller sets REPO, HERE and COREPOP, then calls lib_init; after that:
 #   start_dovecot MAILDIR_ROOT PASSWD PROCESS_LIMIT   -> DOVECOT_PID, DOVECOT_ADDR
@@ -9,7 +10,7 @@
 #   tree_rss_kb PID                                    -> summed VmRSS of that tree, in kB
 # MAILDIR_ROOT holds <user>/Maildir; Dovecot gets a hard-linked copy (it renames new/ -> cur/).
 #
-# Optional TLS (tls.sh): set LIB_TLS_CERT and LIB_TLS_KEY (PEM files) before start_dovecot /
+# Optional TLS (run.sh with TLS set, i.e. tls.sh): set LIB_TLS_CERT and LIB_TLS_KEY (PEM files) before start_dovecot /
 # start_corepop and each server also gets an implicit-TLS listener on 127.0.0.1 with that
 # certificate -> DOVECOT_TLS_ADDR, COREPOP_TLS_ADDR. Dovecot then runs with `ssl = required`
 # (its plaintext listener offers STLS; note that Dovecot counts loopback connections as

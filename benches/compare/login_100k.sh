@@ -3,9 +3,16 @@
 # run, same machine; then memory per idle logged-in corepop session on 10,000-message Maildirs.
 #
 # Usage: benches/compare/login_100k.sh [messages=100000] [idle_sessions=200] [idle_msgs=10000]
-# Needs root (Dovecot's mail processes run as the `dovecot` user) and python3.
-# Each server gets its own hard-linked copy of the Maildir (cp -al), so neither sees the
-# other's renames or list files. Timings are the client's wall time for
+#   SKIP_100K=1: only the idle-session memory part.
+# Needs root (Dovecot's master process; its mail processes run as the `dovecot` user) and
+# python3. Builds target/release/corepop first unless COREPOP is set; KEEP=1 keeps the
+# temporary directory.
+# Servers, temporary directory and cleanup come from lib.sh, as in retr_large.sh and
+# idle_mem.sh: corepop (one thread here) serves the generated Maildir root and Dovecot its own
+# hard-linked copy (cp -al), so neither sees the other's renames or list files. Dovecot is the
+# tuned one all these scripts use (pop3-login with service_count = 0, pop3 processes reused
+# for DOVECOT_POP3_SERVICE_COUNT [1000] sessions; see README.md), so its figures are
+# comparable with theirs. Timings are the client's wall time for
 # connect + USER + PASS + STAT + UIDL (whole listing read) + QUIT, median of 7 runs.
 #   warm:       the same Maildir logged into again (indexes and caches warm)
 #   after-new:  the first login after 1,000 new deliveries into new/
@@ -13,17 +20,18 @@ set -euo pipefail
 N=${1:-100000}
 IDLE=${2:-200}
 IDLE_MSGS=${3:-10000}
-HERE=$(cd "$(dirname "$0")/../.." && pwd)
-W=$(mktemp -d /tmp/corepop-login100k.XXXXXX)
-chmod 755 "$W"  # Dovecot's auth process reads the passwd file as another user
-trap 'kill $(cat "$W"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$W"' EXIT
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+if [[ -z ${COREPOP:-} ]]; then
+  cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
+  COREPOP=$REPO/target/release/corepop
+fi
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+lib_init
 
-cargo build --release --quiet --manifest-path "$HERE/Cargo.toml"
-BIN="$HERE/target/release/corepop"
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-if [ -z "${SKIP_100K:-}" ]; then   # SKIP_100K=1: only the idle-session memory part
-
-python3 - "$W" "$N" <<'PY'
+if [ -z "${SKIP_100K:-}" ]; then
+python3 - "$TMP" "$N" <<'PY'
 import os, sys
 w, n = sys.argv[1], int(sys.argv[2])
 md = f"{w}/mail/bench/Maildir"
@@ -43,72 +51,14 @@ for i in range(n):
 with open(f"{w}/passwd", "w") as f:
     f.write("bench:{PLAIN}pw::::::\n")
 PY
-mkdir -p "$W/dc" "$W/cp"
-cp -al "$W/mail" "$W/dc/mail"
-cp -al "$W/mail" "$W/cp/mail"
-chown -R dovecot:dovecot "$W/dc"
-mkdir -p "$W/dv/run" "$W/dv/state"
-PD=$(free_port); PC=$(free_port)
-cat > "$W/dv/dovecot.conf" <<CONF
-base_dir = $W/dv/run
-state_dir = $W/dv/state
-log_path = $W/dv/log
-instance_name = corepop-bench-$PD
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-first_valid_uid = 1
-default_login_user = dovenull
-default_internal_user = dovecot
-mail_location = maildir:$W/dc/mail/%u/Maildir
-passdb {
-  driver = passwd-file
-  args = $W/passwd
-}
-userdb {
-  driver = static
-  args = uid=dovecot gid=dovecot home=$W/dc/mail/%u
-}
-service pop3-login {
-  inet_listener pop3 {
-    address = 127.0.0.1
-    port = $PD
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-service anvil {
-  chroot =
-}
-service stats {
-  unix_listener stats-reader {
-    mode = 0666
-  }
-  unix_listener stats-writer {
-    mode = 0666
-  }
-}
-CONF
-dovecot -F -c "$W/dv/dovecot.conf" & echo $! > "$W/dovecot.pid"
-cat > "$W/corepop.toml" <<CONF
-[auth]
-passwd_file = "$W/passwd"
-failure_delay_ms = 0
-[mail]
-location = "maildir:$W/cp/mail/%u/Maildir"
-[log]
-level = "warn"
-[privileges]
-allow_root = true
-CONF
-"$BIN" serve --allow-root --config "$W/corepop.toml" --listen "127.0.0.1:$PC" --threads 1 > "$W/corepop.out" 2>&1 & echo $! > "$W/corepop.pid"
-sleep 2
+start_dovecot "$TMP/mail" "$TMP/passwd" 1024
+# COREPOP_LOG=warn (overrides [log] level): no per-session log lines, as before lib.sh.
+COREPOP_LOG=warn start_corepop "$TMP/mail" "$TMP/passwd" 1
 
-python3 - "$W" "$PD" "$PC" <<'PY'
+python3 - "$TMP/mail-dovecot/bench/Maildir" "${DOVECOT_ADDR##*:}" \
+  "$TMP/mail/bench/Maildir" "${COREPOP_ADDR##*:}" <<'PY'
 import os, socket, statistics, sys, time
-w, pd, pc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+dc_root, pd, cp_root, pc = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 
 def session(port):
     t = time.perf_counter()
@@ -141,8 +91,7 @@ def med(xs):
     return statistics.median(xs) * 1000
 
 res = {}
-for name, port, root in (("dovecot", pd, f"{w}/dc/mail/bench/Maildir"),
-                         ("corepop", pc, f"{w}/cp/mail/bench/Maildir")):
+for name, port, root in (("dovecot", pd, dc_root), ("corepop", pc, cp_root)):
     first, cnt, n = session(port)
     time.sleep(1.5)  # let directory times age past corepop's racy window
     warm = [session(port)[0] for _ in range(7)]
@@ -160,11 +109,12 @@ d, c = res["dovecot"], res["corepop"]
 print(f"speed-up warm: {d[1]/c[1]:.1f}x   after 1000 new: {d[2]/c[2]:.1f}x   cold: {d[0]/c[0]:.1f}x")
 PY
 
-kill "$(cat "$W/dovecot.pid")" "$(cat "$W/corepop.pid")" 2>/dev/null || true
+kill -TERM "$DOVECOT_PID" "$COREPOP_PID" 2>/dev/null || true
+wait "$DOVECOT_PID" "$COREPOP_PID" 2>/dev/null || true
 fi
 
 # ---- memory per idle logged-in session (corepop) ----
-python3 - "$W" "$IDLE" "$IDLE_MSGS" <<'PY'
+python3 - "$TMP" "$IDLE" "$IDLE_MSGS" <<'PY'
 import os, sys
 w, users, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 base = f"{w}/idle/proto/Maildir"
@@ -178,23 +128,10 @@ with open(f"{w}/idle/passwd", "w") as f:
     for u in range(users):
         f.write(f"u{u}:{{PLAIN}}pw::::::\n")
 PY
-for u in $(seq 0 $((IDLE-1))); do mkdir -p "$W/idle/mail/u$u"; cp -al "$W/idle/proto/Maildir" "$W/idle/mail/u$u/Maildir"; done
-PI=$(free_port)
-cat > "$W/idle.toml" <<CONF
-[auth]
-passwd_file = "$W/idle/passwd"
-failure_delay_ms = 0
-[mail]
-location = "maildir:$W/idle/mail/%u/Maildir"
-[log]
-level = "warn"
-[privileges]
-allow_root = true
-CONF
+for u in $(seq 0 $((IDLE-1))); do mkdir -p "$TMP/idle/mail/u$u"; cp -al "$TMP/idle/proto/Maildir" "$TMP/idle/mail/u$u/Maildir"; done
 # mimalloc returns freed pages at once, so RSS follows live memory closely.
-MIMALLOC_PURGE_DELAY=0 "$BIN" serve --allow-root --config "$W/idle.toml" --listen "127.0.0.1:$PI" --threads 1 > "$W/idle.out" 2>&1 & echo $! > "$W/idle.pid"
-sleep 2
-python3 - "$PI" "$(cat "$W/idle.pid")" "$IDLE" "$IDLE_MSGS" <<'PY'
+MIMALLOC_PURGE_DELAY=0 COREPOP_LOG=warn start_corepop "$TMP/idle/mail" "$TMP/idle/passwd" 1
+python3 - "${COREPOP_ADDR##*:}" "$COREPOP_PID" "$IDLE" "$IDLE_MSGS" <<'PY'
 import socket, sys, time
 port, pid, users, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 def rss():
@@ -228,3 +165,4 @@ print(f"  per idle logged-in session: {(r2-r1)/users:.0f} bytes (RSS with sessio
       f"{(r2-r3)/users:.0f} bytes (minus after they closed)")
 print(f"  RSS: start {r0>>10} KiB, indexes cached {r1>>10} KiB, sessions held {r2>>10} KiB, closed {r3>>10} KiB")
 PY
+FAILED=0
