@@ -282,18 +282,40 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A metric with one unlabelled series.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A metric with one label: a series `name{label="key"} value` per item.
+fn family<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    items: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    header(out, name, kind, help);
+    for (key, value) in items {
+        let _ = writeln!(out, "{name}{{{label}=\"{key}\"}} {value}");
+    }
+}
+
 /// The Prometheus text exposition of `s`.
 pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String {
     let mut o = String::with_capacity(4096);
-    header(
-        &mut o,
+    let o = &mut o;
+    single(
+        o,
         "corepop_connections_current",
         "gauge",
         "Connections open now.",
+        s.open.max(0),
     );
-    let _ = writeln!(o, "corepop_connections_current {}", s.open.max(0));
     header(
-        &mut o,
+        o,
         "corepop_connections_total",
         "counter",
         "Connections accepted, by listener.",
@@ -308,103 +330,79 @@ pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String 
             s.accepted.get(i).copied().unwrap_or(0)
         );
     }
-    header(
-        &mut o,
+    family(
+        o,
         "corepop_connections_refused_total",
         "counter",
         "Connections closed before the greeting, by reason.",
+        "reason",
+        REFUSALS.iter().copied().zip(s.refused),
     );
-    for (i, r) in REFUSALS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "corepop_connections_refused_total{{reason=\"{r}\"}} {}",
-            s.refused[i]
-        );
-    }
-    header(
-        &mut o,
+    family(
+        o,
         "corepop_logins_total",
         "counter",
         "Login attempts, by result.",
+        "result",
+        LOGIN_RESULTS.iter().copied().zip(s.logins),
     );
-    for (i, r) in LOGIN_RESULTS.iter().enumerate() {
-        let _ = writeln!(o, "corepop_logins_total{{result=\"{r}\"}} {}", s.logins[i]);
-    }
-    header(
-        &mut o,
+    family(
+        o,
         "corepop_commands_total",
         "counter",
         "Commands received, by name.",
+        "command",
+        COMMANDS.iter().copied().zip(s.commands),
     );
-    for (i, c) in COMMANDS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "corepop_commands_total{{command=\"{c}\"}} {}",
-            s.commands[i]
-        );
-    }
-    header(
-        &mut o,
+    family(
+        o,
         "corepop_penalties_total",
         "counter",
         "Penalties applied, by kind.",
+        "kind",
+        PENALTIES.iter().copied().zip(s.penalties),
     );
-    for (i, p) in PENALTIES.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "corepop_penalties_total{{kind=\"{p}\"}} {}",
-            s.penalties[i]
-        );
-    }
-    header(
-        &mut o,
+    single(
+        o,
         "corepop_bytes_sent_total",
         "counter",
         "Bytes sent to clients (before TLS).",
+        s.bytes_sent,
     );
-    let _ = writeln!(o, "corepop_bytes_sent_total {}", s.bytes_sent);
-    header(
-        &mut o,
+    single(
+        o,
         "corepop_bytes_received_total",
         "counter",
         "Bytes received from clients (after TLS).",
+        s.bytes_received,
     );
-    let _ = writeln!(o, "corepop_bytes_received_total {}", s.bytes_received);
-    header(
-        &mut o,
+    single(
+        o,
         "corepop_lock_conflicts_total",
         "counter",
         "Logins refused because another session holds the maildrop.",
+        s.lock_conflicts,
     );
-    let _ = writeln!(o, "corepop_lock_conflicts_total {}", s.lock_conflicts);
-    header(
-        &mut o,
+    single(
+        o,
         "corepop_tls_handshake_failures_total",
         "counter",
         "TLS handshakes that failed or timed out.",
+        s.tls_handshake_failures,
     );
-    let _ = writeln!(
+    single(
         o,
-        "corepop_tls_handshake_failures_total {}",
-        s.tls_handshake_failures
-    );
-    header(
-        &mut o,
         "corepop_message_blocking_reads_total",
         "counter",
         "Message opens and reads done on the blocking pool because the kernel did not have \
          them cached (and every mapped RETR); the rest were served on the executor.",
-    );
-    let _ = writeln!(
-        o,
-        "corepop_message_blocking_reads_total {}",
-        s.blocking_reads
+        s.blocking_reads,
     );
     header(
-        &mut o,
+        o,
         "corepop_retrieve_duration_seconds",
         "histogram",
-        "Time to map and send one message for RETR or TOP.",
+        "Time to open and send one message for RETR or TOP.",
     );
     for (k, cmd) in ["RETR", "TOP"].iter().enumerate() {
         let mut cum = 0u64;
@@ -430,56 +428,44 @@ pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String 
             "corepop_retrieve_duration_seconds_count{{command=\"{cmd}\"}} {cum}"
         );
     }
-    header(
-        &mut o,
+    family(
+        o,
         "corepop_reloads_total",
         "counter",
         "SIGHUP reloads, by result.",
+        "result",
+        [("ok", g.reloads_ok), ("failed", g.reloads_failed)],
     );
-    let _ = writeln!(o, "corepop_reloads_total{{result=\"ok\"}} {}", g.reloads_ok);
-    let _ = writeln!(
+    single(
         o,
-        "corepop_reloads_total{{result=\"failed\"}} {}",
-        g.reloads_failed
-    );
-    header(
-        &mut o,
         "corepop_scrape_shards_missing",
         "gauge",
         "Cores that did not answer this scrape in time.",
+        g.shards_missing,
     );
-    let _ = writeln!(o, "corepop_scrape_shards_missing {}", g.shards_missing);
-    header(
-        &mut o,
+    single(
+        o,
         "corepop_start_time_seconds",
         "gauge",
         "Start time of the process since the Unix epoch.",
+        g.start_time_secs,
     );
-    let _ = writeln!(o, "corepop_start_time_seconds {}", g.start_time_secs);
-    header(
-        &mut o,
+    family(
+        o,
         "corepop_index_lookups_total",
         "counter",
         "Logins by where their maildrop snapshot came from: the shared in-memory index (hit) or the directories and on-disk index (miss).",
+        "result",
+        [("hit", g.index_hits), ("miss", g.index_misses)],
     );
-    let _ = writeln!(
+    single(
         o,
-        "corepop_index_lookups_total{{result=\"hit\"}} {}",
-        g.index_hits
-    );
-    let _ = writeln!(
-        o,
-        "corepop_index_lookups_total{{result=\"miss\"}} {}",
-        g.index_misses
-    );
-    header(
-        &mut o,
         "corepop_index_writes_total",
         "counter",
         "On-disk index rewrites: new or removed messages, or a damaged index rebuilt.",
+        g.index_writes,
     );
-    let _ = writeln!(o, "corepop_index_writes_total {}", g.index_writes);
-    o
+    std::mem::take(o)
 }
 
 #[cfg(test)]
