@@ -16,36 +16,9 @@ use corepop::mailbox::transfer::top_end;
 use corepop::mailbox::{crlf_size, TransferPlan, TERMINATOR};
 use proptest::prelude::*;
 
-fn normalise(src: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() + 16);
-    for (i, &b) in src.iter().enumerate() {
-        if b == b'\n' && (i == 0 || src[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
-/// Checks the wire form's shape and returns it un-stuffed, without the terminator.
-fn unstuff(wire: &[u8]) -> Result<Vec<u8>, String> {
-    if !(wire == TERMINATOR || wire.ends_with(b"\r\n.\r\n")) {
-        return Err("no terminator".into());
-    }
-    let body = &wire[..wire.len() - TERMINATOR.len()];
-    let mut out = Vec::with_capacity(body.len());
-    for line in body.split_inclusive(|&b| b == b'\n') {
-        if !line.ends_with(b"\r\n") {
-            return Err(format!("line without CRLF: {line:?}"));
-        }
-        match line.strip_prefix(b".") {
-            Some(rest) if rest.starts_with(b".") => out.extend_from_slice(rest),
-            Some(_) => return Err(format!("unstuffed dot line {line:?}")),
-            None => out.extend_from_slice(line),
-        }
-    }
-    Ok(out)
-}
+#[path = "oracle/wire.rs"]
+mod oracle;
+use oracle::{normalise, unstuff};
 
 fn stream(mut plan: TransferPlan<'_>, bufsize: usize) -> Vec<u8> {
     let mut buf = vec![0u8; bufsize];

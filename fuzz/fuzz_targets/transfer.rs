@@ -9,37 +9,14 @@ use corepop::mailbox::transfer::top_end;
 use corepop::mailbox::{crlf_size, TransferPlan, TERMINATOR};
 use libfuzzer_sys::fuzz_target;
 
-fn normalise(src: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() + 16);
-    for (i, &b) in src.iter().enumerate() {
-        if b == b'\n' && (i == 0 || src[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
+/// The same oracle as the proptest suite's.
+#[path = "../../tests/oracle/wire.rs"]
+mod oracle;
+use oracle::normalise;
 
-/// Splits wire bytes into lines, checks the terminator and removes dot-stuffing.
+/// [`oracle::unstuff`], failing the run on a malformed wire form.
 fn unstuff(wire: &[u8]) -> Vec<u8> {
-    assert!(
-        wire.ends_with(b"\r\n.\r\n") || wire == TERMINATOR,
-        "no terminator"
-    );
-    let body = &wire[..wire.len() - TERMINATOR.len()];
-    let mut out = Vec::with_capacity(body.len());
-    for line in body.split_inclusive(|&b| b == b'\n') {
-        assert!(line.ends_with(b"\r\n"), "bare LF in wire form");
-        assert_ne!(line, TERMINATOR, "terminator inside the body");
-        match line.strip_prefix(b".") {
-            Some(rest) => {
-                assert!(rest.starts_with(b"."), "unstuffed dot line");
-                out.extend_from_slice(rest)
-            }
-            None => out.extend_from_slice(line),
-        }
-    }
-    out
+    oracle::unstuff(wire).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run(mut plan: TransferPlan<'_>, bufsize: usize) -> Vec<u8> {
