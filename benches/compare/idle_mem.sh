@@ -48,15 +48,6 @@ log "corpus: $STATS"
 RES=$TMP/results
 mkdir -p "$RES"
 
-pss_kb() {
-  local total=0 pid kb
-  for pid in $(tree_pids "$1"); do
-    kb=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || true)
-    total=$((total + ${kb:-0}))
-  done
-  echo "$total"
-}
-
 bench_json() { # out addr pid args...
   local out=$1 addr=$2 pid=$3
   shift 3
@@ -69,7 +60,7 @@ measure() { # server addr pid n
   local rss0 pss0 slab0 rss1 pss1 slab1 bpid
 
   sleep 1
-  rss0=$(tree_rss_kb "$pid"); pss0=$(pss_kb "$pid"); slab0=$(slab_kb)
+  rss0=$(tree_rss_kb "$pid"); pss0=$(tree_pss_kb "$pid"); slab0=$(slab_kb)
   if [[ $PRIME == 1 ]]; then
     # Log every idle user in and out once, then take the Slab baseline again: the kernel's
     # inodes and dentries for each mailbox's files (created at its first login) are then not
@@ -91,7 +82,7 @@ measure() { # server addr pid n
     sleep 0.2
   done
   sleep "$SETTLE"
-  rss1=$(tree_rss_kb "$pid"); pss1=$(pss_kb "$pid"); slab1=$(slab_kb)
+  rss1=$(tree_rss_kb "$pid"); pss1=$(tree_pss_kb "$pid"); slab1=$(slab_kb)
   local procs
   procs=$(tree_pids "$pid" | wc -w)
   kill -TERM "$bpid" 2>/dev/null || true

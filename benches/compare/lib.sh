@@ -8,6 +8,7 @@
 #   start_corepop MAILDIR_ROOT PASSWD [THREADS]        -> COREPOP_PID, COREPOP_ADDR
 #   tree_pids PID                                      -> PID and all its descendants
 #   tree_rss_kb PID                                    -> summed VmRSS of that tree, in kB
+#   tree_pss_kb PID                                    -> summed Pss of that tree, in kB
 # MAILDIR_ROOT holds <user>/Maildir; Dovecot gets a hard-linked copy (it renames new/ -> cur/).
 #
 # Optional TLS (run.sh with TLS set, i.e. tls.sh): set LIB_TLS_CERT and LIB_TLS_KEY (PEM files) before start_dovecot /
@@ -45,14 +46,18 @@ print(" ".join(map(str, out)))
 PY
 }
 
-tree_rss_kb() {
+# tree_kb PID FILE FIELD: FIELD (in kB) of /proc/<pid>/FILE summed over the process tree.
+tree_kb() {
   local total=0 pid kb
   for pid in $(tree_pids "$1"); do
-    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    kb=$(awk -v f="$3:" '$1 == f {print $2}' "/proc/$pid/$2" 2>/dev/null || true)
     total=$((total + ${kb:-0}))
   done
   echo "$total"
 }
+tree_rss_kb() { tree_kb "$1" status VmRSS; }
+# Proportional set size: shared pages counted once, not once per process.
+tree_pss_kb() { tree_kb "$1" smaps_rollup Pss; }
 
 slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 

@@ -53,6 +53,9 @@ impl Harness {
             secure: false,
             sasl: Mechanisms::all(),
         };
+        Self::with_conn(cfg, conn)
+    }
+    fn with_conn(cfg: SessionConfig, conn: ConnInfo) -> Self {
         let s = Session::new(Arc::new(cfg), conn);
         let mut wire = Vec::new();
         s.greeting(&mut wire);
@@ -539,9 +542,8 @@ fn stls_discards_pipelined_plaintext_and_enables_user_pass() {
 
 #[test]
 fn stls_not_offered_without_a_certificate() {
-    let mut h = Harness::new();
-    h.s = Session::new(
-        Arc::new(SessionConfig::default()),
+    let mut h = Harness::with_conn(
+        SessionConfig::default(),
         ConnInfo {
             plaintext_auth: true,
             ..ConnInfo::default()
@@ -647,9 +649,8 @@ fn capa_lists_sasl_and_auth_lists_mechanisms() {
 
 #[test]
 fn no_sasl_line_without_mechanisms() {
-    let mut h = Harness::new();
-    h.s = Session::new(
-        Arc::new(SessionConfig::default()),
+    let mut h = Harness::with_conn(
+        SessionConfig::default(),
         ConnInfo {
             plaintext_auth: true,
             ..ConnInfo::default()
