@@ -150,7 +150,7 @@ pub(crate) async fn run(
     let mut peer = stream.peer_addr().ok();
     // Admission: the PROXY header (from trusted networks only) names the real client, whose
     // address then counts for limits, penalties and logs.
-    let admitted = Box::pin(admit(&mut stream, spec, &shared, &mut peer)).await;
+    let admitted = admit(&mut stream, spec, &shared, &mut peer).await;
     let slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -179,7 +179,7 @@ pub(crate) async fn run(
         user_slot: None,
         _slot: slot,
     };
-    if let Err(e) = c.drive(&registry).await {
+    if let Err(e) = c.drive().await {
         tracing::debug!(peer = %Peer(c.peer), error = %e, "connection ended with an error");
     }
     registry.remove(id);
@@ -319,7 +319,8 @@ enum Login {
 }
 
 impl Conn {
-    async fn drive(&mut self, registry: &Registry) -> io::Result<()> {
+    async fn drive(&mut self) -> io::Result<()> {
+        let registry = self.registry.clone();
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         self.stream.tcp()?.set_nodelay(true)?;
@@ -406,8 +407,7 @@ impl Conn {
                 }
                 Step::Flush => self.flush(&mut out).await?,
                 Step::Login(req) => {
-                    Box::pin(self.on_login(&mut session, &mut out, registry, *req.0, idle_timeout))
-                        .await?;
+                    Box::pin(self.on_login(&mut session, &mut out, *req.0, idle_timeout)).await?;
                 }
                 Step::SaslChallenge(ch) => {
                     Box::pin(self.on_sasl_challenge(&mut session, &mut out, *ch)).await;
@@ -416,7 +416,7 @@ impl Conn {
                     Box::pin(self.on_retrieve(&mut session, &mut out, index, lines)).await?;
                 }
                 Step::Commit => {
-                    Box::pin(self.on_commit(&mut session, &mut out, registry)).await;
+                    Box::pin(self.on_commit(&mut session, &mut out)).await;
                 }
                 Step::StartTls => {
                     // The session has already dropped anything pipelined behind STLS.
@@ -432,7 +432,7 @@ impl Conn {
                 Step::Close => {
                     // Free the maildrop before the final reply, so a client that logs in
                     // again right after QUIT is not told the maildrop is in use.
-                    Box::pin(self.release_lock()).await;
+                    self.release_lock().await;
                     let _ = self.flush(&mut out).await;
                     if matches!(self.stream, Transport::Tls(_)) {
                         // close_notify, so clients see a clean TLS end.
@@ -453,15 +453,14 @@ impl Conn {
         &mut self,
         session: &mut Session<Maildrop>,
         out: &mut Vec<u8>,
-        registry: &Registry,
         req: LoginRequest,
         idle_timeout: Duration,
     ) -> io::Result<()> {
         // A penalised address waits before any reply to its next attempt.
         let key = self.peer.map(|p| ip_key(p.ip()));
-        let owed = key.map_or(Duration::ZERO, |k| registry.penalty_delay(k));
+        let owed = key.map_or(Duration::ZERO, |k| self.registry.penalty_delay(k));
         let scram = self.scram.take().map(|s| *s);
-        let result = Box::pin(self.login(req, scram)).await;
+        let result = self.login(req, scram).await;
         let mut outcome = None;
         let result = match result {
             Login::Ok {
@@ -473,7 +472,7 @@ impl Conn {
             } => {
                 self.user_slot = Some(user_slot);
                 if let Some(k) = key {
-                    registry.penalty_success(&self.shared, k);
+                    self.registry.penalty_success(&self.shared, k);
                 }
                 if !owed.is_zero() {
                     glommio::timer::sleep(owed).await;
@@ -489,11 +488,11 @@ impl Conn {
             }
             Login::Failed => {
                 if let Some(k) = key {
-                    let (level, delay) = registry.penalty_failure(&self.shared, k);
+                    let (level, delay) = self.registry.penalty_failure(&self.shared, k);
                     if level > 0 {
                         tracing::info!(
                             peer = %Peer(self.peer),
-                            shard = registry.shard(),
+                            shard = self.registry.shard(),
                             penalty = level,
                             delay_ms = delay.as_millis() as u64,
                             "login penalty"
@@ -592,7 +591,7 @@ impl Conn {
         match opened {
             Ok(body) => {
                 session.retrieve_ready(out);
-                let taken = Box::pin(self.send_body(out, body, lines)).await?;
+                let taken = self.send_body(out, body, lines).await?;
                 if lines.is_some() {
                     session.count_top_octets(taken);
                 }
@@ -614,20 +613,19 @@ impl Conn {
     }
 
     /// `Step::Commit`: the UPDATE state's deletions, on the blocking pool.
-    async fn on_commit(
-        &mut self,
-        session: &mut Session<Maildrop>,
-        out: &mut Vec<u8>,
-        registry: &Registry,
-    ) {
+    async fn on_commit(&mut self, session: &mut Session<Maildrop>, out: &mut Vec<u8>) {
         let indexes: Vec<usize> = session.deletions().collect();
         let failed = match session.maildrop() {
             Some(Maildrop(snapshot)) => {
                 let snapshot = snapshot.clone();
                 // Shutdown waits for this UPDATE to finish, even past its grace.
-                registry.committing.set(registry.committing.get() + 1);
+                self.registry
+                    .committing
+                    .set(self.registry.committing.get() + 1);
                 let failed = off_executor(move || snapshot.commit(&indexes)).await;
-                registry.committing.set(registry.committing.get() - 1);
+                self.registry
+                    .committing
+                    .set(self.registry.committing.get() - 1);
                 failed
             }
             None => indexes.len(),
