@@ -8,12 +8,15 @@
 //! - `crlf_size` (what STAT/LIST report) equals the octets RETR sends before stuffing and
 //!   terminator (not counting the CRLF added to a message without a final line ending);
 //! - the zero-copy slice, when offered, is byte-identical to the streamed form;
-//! - TOP n k is the CRLF-normalised prefix up to `top_end`.
+//! - TOP n k is the CRLF-normalised prefix up to `top_end`;
+//! - RETR's streaming transform gives the same bytes however the message is cut into the
+//!   chunks that `pread` returns (a CR, LF or "." on either side of a cut, or of the 64-byte
+//!   blocks its line-feed scan works in).
 //!
 //! `PROPTEST_CASES=100000 cargo test --test transfer_props` runs longer.
 
 use corepop::mailbox::transfer::top_end;
-use corepop::mailbox::{crlf_size, TransferPlan, TERMINATOR};
+use corepop::mailbox::{crlf_size, StreamTransform, TransferPlan, TERMINATOR};
 use proptest::prelude::*;
 
 #[path = "oracle/wire.rs"]
@@ -68,6 +71,28 @@ proptest! {
         if let Some(slice) = TransferPlan::retr(&src).as_slice() {
             prop_assert_eq!([slice, TERMINATOR].concat(), wire);
         }
+    }
+
+    #[test]
+    fn retr_is_the_same_however_the_message_is_read(
+        src in proptest::collection::vec(message(), 1..8).prop_map(|v| v.concat()),
+        cuts in proptest::collection::vec(1usize..150, 1..20),
+    ) {
+        let whole = stream(TransferPlan::retr(&src), 4096);
+        let mut t = StreamTransform::retr();
+        let mut wire = Vec::new();
+        let mut rest = &src[..];
+        for n in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, more) = rest.split_at((*n).min(rest.len()));
+            t.push(chunk, &mut wire);
+            rest = more;
+        }
+        t.finish(&mut wire);
+        prop_assert_eq!(t.consumed(), src.len() as u64);
+        prop_assert_eq!(wire, whole);
     }
 
     #[test]
