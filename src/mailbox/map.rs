@@ -56,9 +56,8 @@ fn not_regular() -> io::Error {
 /// `WouldBlock`. Kernels without `openat2` (or a seccomp filter that refuses it) also give
 /// `WouldBlock`; every error means "use [`open_message`] on a blocking thread instead".
 /// Returns the file and its size.
-pub fn open_message_cached(path: &Path) -> io::Result<(File, u64)> {
+pub fn open_message_cached(path: &std::ffi::CStr) -> io::Result<(File, u64)> {
     use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
     /// `struct open_how` of linux/openat2.h (libc's is `non_exhaustive`).
     #[repr(C)]
     struct OpenHow {
@@ -66,19 +65,18 @@ pub fn open_message_cached(path: &Path) -> io::Result<(File, u64)> {
         mode: u64,
         resolve: u64,
     }
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let how = OpenHow {
         flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve: libc::RESOLVE_CACHED,
     };
-    // SAFETY: `c_path` is NUL-terminated and `how` has open_how's layout and size; both
+    // SAFETY: `path` is NUL-terminated and `how` has open_how's layout and size; both
     // outlive the call, and the kernel only reads them.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
             libc::AT_FDCWD,
-            c_path.as_ptr(),
+            path.as_ptr(),
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),
         )

@@ -189,8 +189,28 @@ impl Snapshot {
     /// only where the index says the message is, and only from the kernel's caches. Any error
     /// (`WouldBlock`, moved, gone) means: call [`Snapshot::open_file`] on a blocking thread.
     /// Also returns the file's size.
+    ///
+    /// Runs on the executors for every message a client retrieves, so the path is built in a
+    /// per-thread scratch buffer, NUL-terminated, instead of a `PathBuf` and a `CString`
+    /// (five allocations per message).
     pub fn open_file_cached(&self, index: usize) -> io::Result<(std::fs::File, u64)> {
-        map::open_message_cached(&self.path(index))
+        use std::os::unix::ffi::OsStrExt;
+        thread_local! {
+            static PATH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let m = &self.inner.messages[index];
+        PATH.with_borrow_mut(|path| {
+            path.clear();
+            path.extend_from_slice(self.inner.root.as_os_str().as_bytes());
+            for part in [m.sub.dir(), &*m.file_name] {
+                path.push(b'/');
+                path.extend_from_slice(part.as_bytes());
+            }
+            path.push(0);
+            let path = std::ffi::CStr::from_bytes_with_nul(path)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+            map::open_message_cached(path)
+        })
     }
 
     fn base(&self, index: usize) -> &str {

@@ -711,9 +711,10 @@ impl Conn {
                 Ok(map.len() as u64)
             }
             Body::Read {
-                file,
+                mut file,
                 end,
                 mut chunk,
+                mut len,
                 mut eof,
                 mut offset,
             } => {
@@ -721,31 +722,35 @@ impl Conn {
                     None => StreamTransform::retr(),
                     Some(k) => StreamTransform::top(k),
                 };
+                let mut wire = spare::take();
                 loop {
-                    // The status line and the first chunk leave together.
-                    t.push(&chunk, out);
+                    wire.clear();
+                    t.push(&chunk[..len], &mut wire);
                     let done = eof || t.is_done();
                     if done {
-                        t.finish(out);
+                        t.finish(&mut wire);
                     }
-                    self.write_parts(&[out]).await?;
+                    // The status line and the first chunk leave together.
+                    self.write_parts(&[out, &wire]).await?;
                     out.clear();
                     if done {
+                        spare::give(wire);
+                        spare::give(chunk);
                         self.flush_tls().await?;
                         return Ok(t.consumed());
                     }
-                    offset += chunk.len() as u64;
-                    eof = match read_chunk(&file, &mut chunk, offset, end, true) {
+                    offset += len as u64;
+                    (len, eof) = match read_chunk(&file, &mut chunk, offset, end, true) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             self.registry.metrics.blocking_read();
-                            let f = file.clone();
                             let mut c = std::mem::take(&mut chunk);
-                            let r = off_executor(move || {
-                                read_chunk(&f, &mut c, offset, end, false).map(|eof| (c, eof))
+                            let (f, c, r) = off_executor(move || {
+                                let r = read_chunk(&file, &mut c, offset, end, false);
+                                (file, c, r)
                             })
-                            .await?;
-                            chunk = r.0;
-                            r.1
+                            .await;
+                            (file, chunk) = (f, c);
+                            r?
                         }
                         r => r?,
                     };
@@ -867,15 +872,51 @@ impl Conn {
 enum Body {
     /// Mapped; known to be wire form. `ends_lf` was read with pread, not through the mapping.
     Mapped { map: MappedFile, ends_lf: bool },
-    /// To be read chunk by chunk with pread up to `end` (its size at open); `chunk` holds the
-    /// bytes at `offset`, and `eof` says the message ends with them.
+    /// To be read chunk by chunk with pread up to `end` (its size at open); `chunk[..len]`
+    /// holds the bytes at `offset` (the rest of `chunk` is scratch), and `eof` says the
+    /// message ends with them.
     Read {
-        file: Arc<std::fs::File>,
+        file: std::fs::File,
         end: u64,
         chunk: Vec<u8>,
+        len: usize,
         eof: bool,
         offset: u64,
     },
+}
+
+/// Spare body buffers, one pool per executor thread: the pread chunk and the transformed
+/// bytes of a RETR or TOP come from here and go back when the transfer ends, so a steady
+/// stream of retrievals does not allocate (or zero) them each time, and a connection holds
+/// none while it waits for its next command. A buffer keeps its length when it is given
+/// back: all of it is initialised, so a chunk read into it needs no zeroing.
+mod spare {
+    use std::cell::RefCell;
+
+    /// Buffers kept per executor (more are freed): enough for the connections that are
+    /// sending a message at the same moment on one core, which a loaded core rarely exceeds.
+    const KEEP: usize = 32;
+    /// Larger buffers (a TOP or RETR chunk never needs more) are freed, not kept.
+    const LARGEST: usize = 2 * super::CHUNK + 64;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Vec<u8> {
+        POOL.with_borrow_mut(|p| p.pop()).unwrap_or_default()
+    }
+
+    pub fn give(buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > LARGEST {
+            return;
+        }
+        POOL.with_borrow_mut(|p| {
+            if p.len() < KEEP {
+                p.push(buf);
+            }
+        });
+    }
 }
 
 /// Runs `f` on glommio's blocking pool. The future is boxed: glommio's is ~700 bytes, and a
@@ -905,11 +946,12 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
     }
     let end = file.metadata()?.len();
     let mut chunk = Vec::new();
-    let eof = read_chunk(&file, &mut chunk, 0, end, false)?;
+    let (len, eof) = read_chunk(&file, &mut chunk, 0, end, false)?;
     Ok(Body::Read {
-        file: Arc::new(file),
+        file,
         end,
         chunk,
+        len,
         eof,
         offset: 0,
     })
@@ -919,57 +961,58 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
 /// `None` when that is not enough, or on any error (the blocking path then reports it).
 fn open_body_cached(snapshot: &Snapshot, index: usize) -> Option<Body> {
     let (file, end) = snapshot.open_file_cached(index).ok()?;
-    let mut chunk = Vec::new();
-    let eof = read_chunk(&file, &mut chunk, 0, end, true).ok()?;
-    Some(Body::Read {
-        file: Arc::new(file),
-        end,
-        chunk,
-        eof,
-        offset: 0,
-    })
+    let mut chunk = spare::take();
+    match read_chunk(&file, &mut chunk, 0, end, true) {
+        Ok((len, eof)) => Some(Body::Read {
+            file,
+            end,
+            chunk,
+            len,
+            eof,
+            offset: 0,
+        }),
+        Err(_) => {
+            spare::give(chunk);
+            None
+        }
+    }
 }
 
-/// Reads the next chunk of a message at `offset` into `buf` (reusing its allocation): up to
-/// [`CHUNK`] bytes, and never past `end`, the file's size when it was opened. The buffer is
-/// sized to what is left, so a small message costs one right-sized allocation and one
-/// `pread`. Returns true at the end of the message: `end` reached, or the file ended early
-/// (truncated by another process: the transfer ends short, the driver closes cleanly).
-/// `cached_only`: never wait for the disk ([`map::read_at_cached`]); `WouldBlock` then means
-/// "read it on the blocking pool" (and `buf` holds nothing useful).
+/// Reads the next chunk of a message at `offset` into the start of `buf`: up to [`CHUNK`]
+/// bytes, and never past `end`, the file's size when it was opened, so a small message
+/// costs one `pread`. `buf` only grows (zero-filled) when it is shorter than that; bytes
+/// past the chunk are left as they were. Returns the chunk's length, and true at the end
+/// of the message: `end` reached, or the file ended early (truncated by another process:
+/// the transfer ends short, the driver closes cleanly). `cached_only`: never wait for the
+/// disk ([`map::read_at_cached`]); `WouldBlock` then means "read it on the blocking pool".
 fn read_chunk(
     file: &std::fs::File,
     buf: &mut Vec<u8>,
     offset: u64,
     end: u64,
     cached_only: bool,
-) -> io::Result<bool> {
+) -> io::Result<(usize, bool)> {
     use std::os::unix::fs::FileExt;
     let size = end.saturating_sub(offset).min(CHUNK as u64) as usize;
-    buf.clear();
-    buf.resize(size, 0);
+    if buf.len() < size {
+        buf.resize(size, 0);
+    }
     let mut n = 0;
     while n < size {
         let at = offset + n as u64;
         let r = if cached_only {
-            map::read_at_cached(file, &mut buf[n..], at)
+            map::read_at_cached(file, &mut buf[n..size], at)
         } else {
-            file.read_at(&mut buf[n..], at)
+            file.read_at(&mut buf[n..size], at)
         };
         match r {
-            Ok(0) => {
-                buf.truncate(n);
-                return Ok(true);
-            }
+            Ok(0) => return Ok((n, true)),
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                buf.clear();
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(offset + n as u64 >= end)
+    Ok((n, offset + n as u64 >= end))
 }
 
 /// Verifies credentials, finds the Maildir, takes its lock and reads the snapshot.
