@@ -9,8 +9,8 @@
 //! A message that is already wire form (CRLF only, no line starting with ".", ends in CRLF)
 //! needs no transformation: [`TransferPlan::as_slice`] returns the one slice of the source to
 //! send as is, so RETR can go from the mapping to the socket with no copy. Otherwise
-//! [`TransferPlan::fill`] streams the transformed bytes into a caller's buffer, chunk by chunk,
-//! with memchr.
+//! [`TransferPlan::fill`] streams the transformed bytes into a caller's buffer, chunk by chunk
+//! (RETR finds line feeds with a SIMD mask per 64 bytes, TOP with memchr per line).
 //!
 //! Does not own: files, mappings or sockets; it works on any `&[u8]`.
 
