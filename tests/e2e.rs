@@ -436,7 +436,12 @@ fn messages_around_the_read_chunk_size_are_exact() {
     // keeps spare body buffers), and must send only its own bytes.
     for (i, m) in bodies.iter().enumerate().rev() {
         let (_, body) = c.multi(&format!("RETR {}", i + 1));
-        assert_eq!(body, expected_wire(m), "again, message of {} octets", m.len());
+        assert_eq!(
+            body,
+            expected_wire(m),
+            "again, message of {} octets",
+            m.len()
+        );
     }
     c.cmd("QUIT");
 }

@@ -945,25 +945,28 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
         });
     }
     let end = file.metadata()?.len();
-    let mut chunk = Vec::new();
-    let (len, eof) = read_chunk(&file, &mut chunk, 0, end, false)?;
-    Ok(Body::Read {
-        file,
-        end,
-        chunk,
-        len,
-        eof,
-        offset: 0,
-    })
+    first_chunk(file, end, Vec::new(), false).map_err(|(e, _)| e)
 }
 
 /// [`open_body`] (not mapped) on the executor, using only what the kernel has cached:
 /// `None` when that is not enough, or on any error (the blocking path then reports it).
 fn open_body_cached(snapshot: &Snapshot, index: usize) -> Option<Body> {
     let (file, end) = snapshot.open_file_cached(index).ok()?;
-    let mut chunk = spare::take();
-    match read_chunk(&file, &mut chunk, 0, end, true) {
-        Ok((len, eof)) => Some(Body::Read {
+    first_chunk(file, end, spare::take(), true)
+        .map_err(|(_, chunk)| spare::give(chunk))
+        .ok()
+}
+
+/// `file` (`end` octets at open) as a body to send, its first chunk read into `chunk`
+/// ([`read_chunk`]); on failure, the error and the buffer back.
+fn first_chunk(
+    file: std::fs::File,
+    end: u64,
+    mut chunk: Vec<u8>,
+    cached_only: bool,
+) -> Result<Body, (io::Error, Vec<u8>)> {
+    match read_chunk(&file, &mut chunk, 0, end, cached_only) {
+        Ok((len, eof)) => Ok(Body::Read {
             file,
             end,
             chunk,
@@ -971,10 +974,7 @@ fn open_body_cached(snapshot: &Snapshot, index: usize) -> Option<Body> {
             eof,
             offset: 0,
         }),
-        Err(_) => {
-            spare::give(chunk);
-            None
-        }
+        Err(e) => Err((e, chunk)),
     }
 }
 
