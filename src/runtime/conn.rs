@@ -160,8 +160,7 @@ pub(crate) async fn run(
                     .write_all(b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n")
                     .await;
             }
-            registry.remove(id);
-            registry.metrics.closed();
+            registry.closed(id, &shared);
             return;
         }
     };
@@ -182,8 +181,7 @@ pub(crate) async fn run(
     if let Err(e) = c.drive().await {
         tracing::debug!(peer = %Peer(c.peer), error = %e, "connection ended with an error");
     }
-    registry.remove(id);
-    registry.metrics.closed();
+    registry.closed(id, &c.shared);
     c.release_lock().await;
 }
 

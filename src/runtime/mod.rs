@@ -1,7 +1,8 @@
 //! The runtime: the only module that names glommio.
 //!
-//! Owns: the executor pool (one executor pinned per core), per-core listeners sharing a port
-//! through SO_REUSEPORT, the per-connection driver that feeds a [`crate::protocol::Session`]
+//! Owns: the executor pool (one executor pinned per core), every executor accepting from the
+//! same listening sockets with connections spread evenly over them ([`balance`]), the
+//! per-connection driver that feeds a [`crate::protocol::Session`]
 //! and carries out its steps ([`conn`]), timeouts, running blocking work (password hashing,
 //! Maildir scans, mapping files, unlinks) on glommio's blocking thread pool, TLS handshakes
 //! (implicit TLS listeners and STLS) with their timeout, graceful shutdown on SIGTERM/SIGINT,
@@ -17,6 +18,7 @@
 //! Does not own: protocol rules, the Maildir format or password schemes.
 
 mod admin;
+mod balance;
 mod conn;
 mod limits;
 mod ops;
@@ -55,6 +57,8 @@ pub(crate) struct Shared {
     pub index_cache: crate::mailbox::IndexCache,
     /// Connection limits, the swappable passwd-file, reload counters.
     pub ops: ops::Ops,
+    /// Open connections per executor, for spreading new ones evenly.
+    pub balance: balance::Balance,
 }
 
 /// A login outcome from one core, for the penalty tables of the others.
@@ -270,6 +274,7 @@ pub fn serve_opts(
         mail_opts,
         index_cache,
         ops: ops_state,
+        balance: balance::Balance::new(threads),
     });
     let (metrics_tx, metrics_rx): (Vec<_>, Vec<_>) = (0..threads)
         .map(|_| flume::bounded::<admin::SnapshotRequest>(4))
@@ -347,6 +352,8 @@ pub fn serve_opts(
 /// Open connections of one shard, so shutdown can wake idle sessions.
 #[derive(Default)]
 pub(crate) struct Registry {
+    /// This executor's index in [`Shared::balance`].
+    executor: usize,
     next: std::cell::Cell<u64>,
     open: std::cell::RefCell<std::collections::HashMap<u64, RawFd>>,
     pub stopping: std::cell::Cell<bool>,
@@ -364,8 +371,11 @@ impl Registry {
         self.open.borrow_mut().insert(id, fd);
         id
     }
-    pub fn remove(&self, id: u64) {
+    /// Connection `id` has ended.
+    pub fn closed(&self, id: u64, shared: &Shared) {
         self.open.borrow_mut().remove(&id);
+        self.metrics.closed();
+        shared.balance.closed(self.executor);
     }
     /// The penalty owed by `key` now (failures from every core counted).
     pub fn penalty_delay(&self, key: u128) -> Duration {
@@ -445,7 +455,9 @@ async fn shard(
         "pop3",
     );
     let gate = glommio::sync::Gate::new();
+    let me = shared.balance.join();
     let registry = std::rc::Rc::new(Registry {
+        executor: me,
         penalties: std::cell::RefCell::new(penalties),
         ..Registry::default()
     });
@@ -466,12 +478,16 @@ async fn shard(
             (shared.clone(), gate.clone(), registry.clone(), stop.clone());
         loops.push(glommio::spawn_local(async move {
             loop {
-                let accepted =
-                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                        let _ = stop.recv_async().await;
-                        None
-                    })
-                    .await;
+                let next = async {
+                    // An executor well ahead of the others lets them take this one.
+                    shared.balance.my_turn(me).await;
+                    Some(listener.accept().await)
+                };
+                let accepted = futures_lite::future::or(next, async {
+                    let _ = stop.recv_async().await;
+                    None
+                })
+                .await;
                 let stream = match accepted {
                     None => break,
                     Some(Ok(s)) => s,
@@ -484,6 +500,7 @@ async fn shard(
                 };
                 let id = registry.add(stream.as_raw_fd());
                 registry.metrics.accepted(spec.index);
+                shared.balance.opened(me);
                 // Boxed: the gate wraps the future in its own, and an unboxed connection
                 // future would then be held twice in the task (~4 KB per idle connection
                 // instead of ~2 KB).

@@ -1,7 +1,7 @@
 //! Raw socket operations glommio 0.9 does not expose: the runtime's only `unsafe`.
 //!
-//! Owns: creating the listening sockets ourselves (SO_REUSEPORT, a large backlog, port 0
-//! resolved once for all shards) and adopting them into glommio; a non-blocking vectored
+//! Owns: creating the listening sockets ourselves (one per address, shared by all executors, a
+//! large backlog) and adopting them into glommio; a non-blocking vectored
 //! `sendmsg` so a status line, a mapped message and the terminator leave in one system call;
 //! and `shutdown(SHUT_RD)` to wake idle sessions at server shutdown.
 //!
@@ -17,34 +17,32 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 /// Listen backlog; glommio's own `bind` hard-codes 1024, too small for login floods.
 pub const BACKLOG: i32 = 4096;
 
-/// Creates `count` listening sockets on `addr` sharing the port through SO_REUSEPORT (the
-/// kernel spreads connections across them). Port 0 is resolved by the first socket and used
-/// for the rest. Returns the sockets and the address actually bound.
+/// Creates the listening socket on `addr` and returns `count` descriptors of it, one per
+/// executor: all executors accept from the one queue (`balance` spreads the connections),
+/// rather than each from its own SO_REUSEPORT socket, where the kernel's hash would fix the
+/// executor at arrival. SO_REUSEPORT is still set, so another process (a second instance,
+/// or the new one during a restart) can bind the same port. Port 0 is resolved by the bind.
+/// Returns the descriptors and the address actually bound.
 pub fn listeners(addr: SocketAddr, count: usize) -> io::Result<(Vec<OwnedFd>, SocketAddr)> {
-    let mut bound = addr;
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let s = Socket::new(
-            Domain::for_address(bound),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        if bound.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_cloexec(true)?;
-        s.bind(&bound.into())?;
-        s.listen(BACKLOG)?;
-        if bound.port() == 0 {
-            bound = s
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::other("listener has no inet address"))?;
-        }
-        out.push(OwnedFd::from(s));
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
     }
+    s.set_cloexec(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    let bound = s
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+    let fd = OwnedFd::from(s);
+    let mut out = Vec::with_capacity(count.max(1));
+    for _ in 1..count {
+        out.push(dup(&fd)?);
+    }
+    out.push(fd);
     Ok((out, bound))
 }
 
