@@ -276,6 +276,8 @@ pub struct Globals {
     pub index_misses: u64,
     /// On-disk index rewrites (new or removed messages, or a damaged index rebuilt).
     pub index_writes: u64,
+    /// Connections open now on each executor (index = executor).
+    pub executor_connections: Vec<u64>,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -313,6 +315,20 @@ pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String 
         "gauge",
         "Connections open now.",
         s.open.max(0),
+    );
+    let executors: Vec<String> = (0..g.executor_connections.len())
+        .map(|i| i.to_string())
+        .collect();
+    family(
+        o,
+        "corepop_executor_connections",
+        "gauge",
+        "Connections open now, by executor (new ones go to the least loaded).",
+        "executor",
+        executors
+            .iter()
+            .map(String::as_str)
+            .zip(g.executor_connections.iter().copied()),
     );
     header(
         o,

@@ -465,6 +465,35 @@ fn metrics_endpoint_counts_what_happened() {
     assert!(r.starts_with("HTTP/1.0 404"), "{r}");
 }
 
+#[test]
+fn connections_are_spread_over_the_executors_and_counted_per_executor() {
+    let fx = fixture("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let srv = Server::start(&fx, &["--threads", "2"]);
+    let admin = metrics_addr(&srv);
+    let per_executor = |text: &str| {
+        [0, 1].map(|i| {
+            metric(
+                text,
+                &format!("corepop_executor_connections{{executor=\"{i}\"}}"),
+            )
+        })
+    };
+    // Held open one after another: each executor takes its share, however the kernel would
+    // have hashed them.
+    let held: Vec<Pop3Client> = (0..12).map(|_| Pop3Client::connect(srv.addr)).collect();
+    eventually("12 connections open", || {
+        metric(&scrape(admin), "corepop_connections_current") == 12
+    });
+    let text = scrape(admin);
+    let [a, b] = per_executor(&text);
+    assert_eq!(a + b, 12, "{text}");
+    assert!(a.abs_diff(b) <= 6, "executors hold {a} and {b} connections");
+    drop(held);
+    eventually("both executors back to 0", || {
+        per_executor(&scrape(admin)) == [0, 0]
+    });
+}
+
 /// Drops a file's pages from the page cache (`POSIX_FADV_DONTNEED`; a no-op on tmpfs).
 fn evict_from_page_cache(path: &std::path::Path) {
     use std::os::fd::AsRawFd;

@@ -110,6 +110,7 @@ fn scrape(
             .stats()
             .index_writes
             .load(Ordering::Relaxed),
+        executor_connections: shared.balance.counts(),
     };
     metrics::render(&sum, labels, &globals)
 }

@@ -53,6 +53,11 @@ impl Balance {
         self.open[executor].fetch_sub(1, Relaxed);
     }
 
+    /// Connections open now on each executor (for the metrics).
+    pub fn counts(&self) -> Vec<u64> {
+        self.open.iter().map(|o| o.load(Relaxed) as u64).collect()
+    }
+
     /// True when `executor` holds more than [`SLACK`] connections above another executor.
     fn ahead(&self, executor: usize) -> bool {
         let mine = self.open[executor].load(Relaxed);
