@@ -442,6 +442,28 @@ impl Registry {
     }
 }
 
+/// Serialises the polls of `listener.accept()` across executors.
+///
+/// glommio's accept starts with a non-blocking `accept(2)`, made by setting `O_NONBLOCK` on
+/// the listening socket and restoring the previous flags right after. Those flags belong to
+/// the open file, which the executors share (their descriptors are dups of one socket): if
+/// two executors interleave, one can restore "blocking" just before the other's `accept`,
+/// which then blocks that executor's thread, and every connection on it, until the next
+/// connection arrives. Holding one process-wide lock while the accept future is polled (a
+/// poll never waits; the wait is an io_uring operation) keeps each set-accept-restore whole.
+/// Taken once or twice per accepted connection, never on the per-command path.
+async fn accept_one_at_a_time(
+    listener: &glommio::net::TcpListener,
+) -> glommio::Result<glommio::net::TcpStream, ()> {
+    static ACCEPT: Mutex<()> = Mutex::new(());
+    let mut accept = std::pin::pin!(listener.accept());
+    futures_lite::future::poll_fn(|cx| {
+        let _one = ACCEPT.lock().unwrap_or_else(|e| e.into_inner());
+        std::future::Future::poll(accept.as_mut(), cx)
+    })
+    .await
+}
+
 async fn shard(
     shared: Arc<Shared>,
     fds: Vec<(OwnedFd, ops::ListenerSpec)>,
@@ -481,7 +503,7 @@ async fn shard(
                 let next = async {
                     // An executor well ahead of the others lets them take this one.
                     shared.balance.my_turn(me).await;
-                    Some(listener.accept().await)
+                    Some(accept_one_at_a_time(&listener).await)
                 };
                 let accepted = futures_lite::future::or(next, async {
                     let _ = stop.recv_async().await;
