@@ -318,7 +318,6 @@ enum Login {
 
 impl Conn {
     async fn drive(&mut self) -> io::Result<()> {
-        let registry = self.registry.clone();
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         self.stream.tcp()?.set_nodelay(true)?;
@@ -355,7 +354,7 @@ impl Conn {
         let mut buf = [0u8; READ_BUF];
         loop {
             let step = session.poll(&mut out);
-            session.take_command_counts(|k, n| registry.metrics.command(k, n));
+            session.take_command_counts(|k, n| self.registry.metrics.command(k, n));
             match step {
                 Step::NeedInput => {
                     self.flush(&mut out).await?;
@@ -389,7 +388,7 @@ impl Conn {
                         Err(e) => return Err(e),
                     };
                     if n == 0 {
-                        if registry.stopping.get() {
+                        if self.registry.stopping.get() {
                             session.abort(&mut out, AbortReason::Shutdown);
                             let _ = self.flush(&mut out).await;
                             self.log_logout(&session, "shutdown");
@@ -399,7 +398,7 @@ impl Conn {
                         return Ok(());
                     }
                     self.received += n as u64;
-                    registry.metrics.received(n);
+                    self.registry.metrics.received(n);
                     out.reserve(256);
                     session.feed(&buf[..n]);
                 }
