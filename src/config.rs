@@ -126,6 +126,9 @@ pub struct Mail {
     pub uidl_format: String,
     /// Maildirs whose index is kept in memory while no session uses them.
     pub index_cache_size: usize,
+    /// Octets from which a message already in wire form is sent from a mapping of its file
+    /// (made on the blocking pool) instead of read and copied on the executor.
+    pub map_min_size: u64,
 }
 
 impl Default for Mail {
@@ -134,6 +137,7 @@ impl Default for Mail {
             location: "maildir:~/Maildir".into(),
             uidl_format: String::new(),
             index_cache_size: 4096,
+            map_min_size: 256 * 1024,
         }
     }
 }

@@ -11,11 +11,12 @@
 //! - TOP n k is the CRLF-normalised prefix up to `top_end`;
 //! - RETR's streaming transform gives the same bytes however the message is cut into the
 //!   chunks that `pread` returns (a CR, LF or "." on either side of a cut, or of the 64-byte
-//!   blocks its line-feed scan works in).
+//!   blocks its line-feed scan works in), and says it changed nothing exactly when the message
+//!   was already wire form (what lets a later RETR send the stored bytes as they are).
 //!
 //! `PROPTEST_CASES=100000 cargo test --test transfer_props` runs longer.
 
-use corepop::mailbox::transfer::top_end;
+use corepop::mailbox::transfer::{is_wire_clean, top_end};
 use corepop::mailbox::{crlf_size, StreamTransform, TransferPlan, TERMINATOR};
 use proptest::prelude::*;
 
@@ -33,6 +34,24 @@ fn stream(mut plan: TransferPlan<'_>, bufsize: usize) -> Vec<u8> {
         }
         wire.extend_from_slice(&buf[..n]);
     }
+}
+
+/// RETR of `src` through a [`StreamTransform`] fed in pieces of the sizes in `cuts` (repeated),
+/// terminator included.
+fn retr_in_pieces(src: &[u8], cuts: &[usize]) -> (StreamTransform, Vec<u8>) {
+    let mut t = StreamTransform::retr();
+    let mut wire = Vec::new();
+    let mut rest = src;
+    for n in cuts.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, more) = rest.split_at((*n).min(rest.len()));
+        t.push(chunk, &mut wire);
+        rest = more;
+    }
+    t.finish(&mut wire);
+    (t, wire)
 }
 
 /// Message-like bytes: lots of line endings, dots and CRs, some arbitrary bytes.
@@ -79,20 +98,27 @@ proptest! {
         cuts in proptest::collection::vec(1usize..150, 1..20),
     ) {
         let whole = stream(TransferPlan::retr(&src), 4096);
-        let mut t = StreamTransform::retr();
-        let mut wire = Vec::new();
-        let mut rest = &src[..];
-        for n in cuts.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (chunk, more) = rest.split_at((*n).min(rest.len()));
-            t.push(chunk, &mut wire);
-            rest = more;
-        }
-        t.finish(&mut wire);
+        let (t, wire) = retr_in_pieces(&src, &cuts);
         prop_assert_eq!(t.consumed(), src.len() as u64);
+        prop_assert_eq!(t.unaltered(), is_wire_clean(&src));
+        if t.unaltered() {
+            prop_assert_eq!(&wire, &[&src[..], TERMINATOR].concat());
+        }
         prop_assert_eq!(wire, whole);
+    }
+
+    #[test]
+    fn unaltered_exactly_when_already_wire_form(
+        lines in proptest::collection::vec(
+            ("[a-z .]{0,70}", prop_oneof![20 => Just("\r\n"), 1 => Just("\n"), 1 => Just("")]),
+            0..30,
+        ),
+        cuts in proptest::collection::vec(1usize..200, 1..10),
+    ) {
+        let src: Vec<u8> = lines.iter().flat_map(|(t, e)| [t.as_bytes(), e.as_bytes()].concat()).collect();
+        let (t, wire) = retr_in_pieces(&src, &cuts);
+        prop_assert_eq!(t.unaltered(), is_wire_clean(&src));
+        prop_assert_eq!(t.unaltered(), wire == [&src[..], TERMINATOR].concat());
     }
 
     #[test]

@@ -157,6 +157,12 @@ impl IndexCache {
         (s.stamp() == current && s.stamp().trustworthy()).then(|| s.clone())
     }
 
+    /// The cached snapshot of `root`, current or not.
+    pub fn previous(&self, root: &Path) -> Option<Snapshot> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(root).cloned()
+    }
+
     /// Remembers `snapshot` as the content of `root` (only when its stamp can be trusted).
     pub fn put(&self, root: &Path, snapshot: &Snapshot) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

@@ -90,6 +90,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Known to be POP3 wire form as stored (CRLF line endings, no line starting with "."):
+    /// RETR may send the file unchanged.
+    pub fn is_wire_form(&self) -> bool {
+        self.shape == Shape::Crlf && self.dots == Some(false)
+    }
+
+    /// This entry with what a RETR found: the stored bytes were already wire form.
+    pub fn wire_form(self) -> Entry {
+        Entry {
+            shape: Shape::Crlf,
+            dots: Some(false),
+            ..self
+        }
+    }
+
     /// An entry known only from sizes (file name or Dovecot's list).
     pub fn sizes(crlf_size: u64, size: u64) -> Entry {
         Entry {

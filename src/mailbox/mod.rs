@@ -30,6 +30,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use cache::IndexCache;
@@ -91,6 +92,9 @@ struct Inner {
     root: PathBuf,
     messages: Vec<Message>,
     stamp: cache::Stamp,
+    /// Bit i: message i was found to be wire form by a RETR since this snapshot was built
+    /// ([`Snapshot::learn_wire_form`]); set by any core, read by all.
+    learned: Box<[AtomicU64]>,
 }
 
 impl Snapshot {
@@ -129,7 +133,14 @@ impl Snapshot {
                 return Ok(s);
             }
         }
-        let (snapshot, wrote_index) = load_uncached(root, opts, stamp)?;
+        // What RETRs learned about the previous snapshot of this Maildir goes into the new
+        // one (and its index file).
+        let previous = cache.and_then(|c| c.previous(root));
+        let learned = previous
+            .as_ref()
+            .map(Snapshot::newly_wire_form)
+            .unwrap_or_default();
+        let (snapshot, wrote_index) = load_uncached(root, opts, stamp, &learned)?;
         if let Some(c) = cache {
             c.stats().misses.fetch_add(1, Relaxed);
             if wrote_index {
@@ -153,6 +164,48 @@ impl Snapshot {
     /// True when both snapshots are the same shared copy.
     pub fn ptr_eq(&self, other: &Snapshot) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// True when message `index` can be sent as stored: the index knows it is wire form, or
+    /// a RETR in this process found it was ([`Snapshot::learn_wire_form`]).
+    pub fn is_wire_form(&self, index: usize) -> bool {
+        self.inner.messages[index].entry.is_wire_form() || self.learned(index)
+    }
+
+    /// Records that a whole RETR of message `index` found its stored bytes already wire form
+    /// (nothing inserted, ends with a line end), so later RETRs of it, on any core, can send
+    /// the file as it is. It is written to the on-disk index when this Maildir's snapshot is
+    /// next rebuilt (see [`Snapshot::load_with`]). Message files are never rewritten in
+    /// place, so the fact holds for as long as the file exists.
+    pub fn learn_wire_form(&self, index: usize) {
+        if let Some(w) = self.inner.learned.get(index / 64) {
+            w.fetch_or(1 << (index % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn learned(&self, index: usize) -> bool {
+        self.inner
+            .learned
+            .get(index / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (index % 64)) != 0)
+    }
+
+    /// Base names and sizes of the messages learned to be wire form ([`Snapshot::learn_wire_form`])
+    /// that the index does not yet record as such.
+    fn newly_wire_form(&self) -> HashMap<&str, u64> {
+        let mut found = HashMap::new();
+        for (w, word) in self.inner.learned.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let m = &self.inner.messages[i];
+                if !m.entry.is_wire_form() {
+                    found.insert(base_of(&m.file_name), m.entry.size);
+                }
+            }
+        }
+        found
     }
 
     pub(crate) fn stamp(&self) -> &cache::Stamp {
@@ -307,10 +360,13 @@ enum UidSource {
 }
 
 /// Builds a snapshot from the directories; the flag says whether the on-disk index was written.
+///
+/// `learned`: base names (with their sizes) of messages a RETR found to be wire form.
 fn load_uncached(
     root: &Path,
     opts: &LoadOptions,
     stamp: cache::Stamp,
+    learned: &HashMap<&str, u64>,
 ) -> io::Result<(Snapshot, bool)> {
     let mut wrote_index = false;
     let found = list(root)?;
@@ -411,7 +467,7 @@ fn load_uncached(
             }
             Ok(true)
         };
-        let entry = if let Some(r) = stored {
+        let mut entry = if let Some(r) = stored {
             r.entry
         } else if let Some(w) = parsed.crlf_size {
             Entry::sizes(w, parsed.size.unwrap_or(0))
@@ -428,6 +484,10 @@ fn load_uncached(
             misses += 1;
             index::scan(bytes.as_deref().expect("read"))
         };
+        if !entry.is_wire_form() && learned.get(base) == Some(&entry.size) {
+            entry = entry.wire_form();
+            dirty = true;
+        }
         let saved = rec.and_then(|r| r.ext('P'));
         let uidl: Box<str> = match (saved, stored) {
             (Some(p), _) => name::uidl_for_base(p).into(),
@@ -509,6 +569,9 @@ fn load_uncached(
         Snapshot {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
+                learned: (0..messages.len().div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
                 messages,
                 stamp,
             }),

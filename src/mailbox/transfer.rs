@@ -172,6 +172,9 @@ pub struct StreamTransform {
     top: Option<Top>,
     done: bool,
     consumed: u64,
+    /// Something was inserted (a CR before a bare LF, a stuffing dot): the input so far
+    /// was not already wire form.
+    altered: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +202,15 @@ impl StreamTransform {
             top,
             done: false,
             consumed: 0,
+            altered: false,
         }
+    }
+
+    /// True when everything pushed so far was already wire form and ends a line (or nothing
+    /// was pushed): the output is the input unchanged, [`StreamTransform::finish`] adds only
+    /// the terminator. After a whole RETR this says the message can be sent as stored.
+    pub fn unaltered(&self) -> bool {
+        !self.altered && matches!(self.last, None | Some(b'\n'))
     }
 
     /// True once TOP has all it needs; further input is ignored.
@@ -227,6 +238,7 @@ impl StreamTransform {
                 self.at_line_start = false;
                 if input[start] == b'.' {
                     out.push(b'.');
+                    self.altered = true;
                 }
             }
             match memchr::memchr(b'\n', &input[start..]) {
@@ -240,6 +252,7 @@ impl StreamTransform {
                     };
                     if !had_cr {
                         out.push(b'\r');
+                        self.altered = true;
                     }
                     out.push(b'\n');
                     let line_len = self.line_len + i as u64;
@@ -270,7 +283,8 @@ impl StreamTransform {
         let Some(&last) = input.last() else {
             return;
         };
-        if self.at_line_start && input[0] == b'.' {
+        let mut altered = self.at_line_start && input[0] == b'.';
+        if altered {
             out.push(b'.');
         }
         let cr_before_input = self.last == Some(b'\r');
@@ -287,10 +301,12 @@ impl StreamTransform {
             } else {
                 out.extend_from_slice(&input[copied..p]);
                 out.extend_from_slice(b"\r\n");
+                altered = true;
             }
             copied = p + 1;
             if input.get(p + 1) == Some(&b'.') {
                 out.push(b'.');
+                altered = true;
             }
         };
         let mut blocks = input.chunks_exact(64);
@@ -306,6 +322,7 @@ impl StreamTransform {
             line_feed(tail + p, out);
         }
         out.extend_from_slice(&input[copied..]);
+        self.altered |= altered;
         self.at_line_start = last == b'\n';
         self.last = Some(last);
         self.consumed += input.len() as u64;

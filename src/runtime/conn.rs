@@ -35,8 +35,7 @@ use super::{sys, Registry, Shared};
 use crate::auth::penalty::ip_key;
 use crate::auth::{scheme, AuthOutcome, Credential, ScramAlg, ScramSecret, Secret};
 use crate::mailbox::{
-    self, location, map, LockError, MaildropLock, MappedFile, Shape, Snapshot, StreamTransform,
-    TERMINATOR,
+    self, location, map, LockError, MaildropLock, MappedFile, Snapshot, StreamTransform, TERMINATOR,
 };
 use crate::metrics::{LoginOutcome, Penalty, Refusal};
 use crate::protocol::{
@@ -559,15 +558,16 @@ impl Conn {
             return Ok(());
         };
         let snapshot = snapshot.clone();
-        let entry = snapshot.messages()[index].entry;
-        // Zero-copy only where nothing but the kernel reads the mapping: a
-        // plaintext RETR of a message the index knows is already wire form.
-        // Everything else is read with pread and transformed, so a file that
-        // another process truncates reads short instead of raising SIGBUS.
+        // Zero-copy only where nothing but the kernel reads the mapping: a plaintext RETR
+        // of a message known to be wire form already (from the index, or from an earlier
+        // RETR of it), and large enough (`mail.map_min_size`) that the hop to the blocking
+        // pool, where it is mapped, costs less than the copies it saves. Everything else
+        // is read with pread and transformed, so a file that another process truncates
+        // reads short instead of raising SIGBUS.
         let zero_copy = lines.is_none()
             && matches!(self.stream, Transport::Plain(_))
-            && entry.shape == Shape::Crlf
-            && entry.dots == Some(false);
+            && snapshot.messages()[index].entry.size >= self.shared.cfg.mail.map_min_size
+            && snapshot.is_wire_form(index);
         let started = std::time::Instant::now();
         // A message whose directory entry, inode and first bytes are cached is
         // opened and read right here; anything that would wait for the disk (or
@@ -582,13 +582,17 @@ impl Conn {
             Some(body) => Ok(body),
             None => {
                 self.registry.metrics.blocking_read();
+                let snapshot = snapshot.clone();
                 off_executor(move || open_body(&snapshot, index, zero_copy)).await
             }
         };
         match opened {
             Ok(body) => {
                 session.retrieve_ready(out);
-                let taken = self.send_body(out, body, lines).await?;
+                let (taken, unaltered) = self.send_body(out, body, lines).await?;
+                if unaltered {
+                    snapshot.learn_wire_form(index);
+                }
                 if lines.is_some() {
                     session.count_top_octets(taken);
                 }
@@ -690,14 +694,14 @@ impl Conn {
     }
 
     /// Sends the status line in `out` followed by the message's wire form and terminator.
-    /// Sends the status line in `out` followed by the message's wire form and terminator.
-    /// Returns the stored octets sent (TOP's cut applied).
+    /// Returns the stored octets sent (TOP's cut applied), and true when that was a whole
+    /// message read and found already in wire form (it could have been sent as stored).
     async fn send_body(
         &mut self,
         out: &mut Vec<u8>,
         body: Body,
         lines: Option<u64>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<(u64, bool)> {
         match body {
             Body::Mapped { map, ends_lf } => {
                 // Already wire form: straight from the mapping, no copy.
@@ -705,7 +709,7 @@ impl Conn {
                 self.write_parts(&[out, map.bytes(), tail]).await?;
                 out.clear();
                 self.flush_tls().await?;
-                Ok(map.len() as u64)
+                Ok((map.len() as u64, false))
             }
             Body::Read {
                 mut file,
@@ -734,7 +738,8 @@ impl Conn {
                         spare::give(wire);
                         spare::give(chunk);
                         self.flush_tls().await?;
-                        return Ok(t.consumed());
+                        let whole = lines.is_none() && t.consumed() == end;
+                        return Ok((t.consumed(), whole && t.unaltered()));
                     }
                     offset += len as u64;
                     (len, eof) = match read_chunk(&file, &mut chunk, offset, end, true) {
