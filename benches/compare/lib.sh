@@ -1,5 +1,5 @@
 # Shared pieces for the scripts in benches/compare/ (run.sh and its tls.sh wrapper,
-# retr_large.sh, idle_mem.sh, login_100k.sh; sourced, not run): the private Dovecot and
+# retr_large.sh, idle_mem.sh, login_100k.sh, map_min.sh; sourced, not run): the private Dovecot and
 # corepop they all compare, loopback only, everything in one temporary directory $TMP,
 # servers stopped on exit, error and Ctrl-C.
 #
@@ -10,6 +10,8 @@
 #   tree_rss_kb PID                                    -> summed VmRSS of that tree, in kB
 #   tree_pss_kb PID                                    -> summed Pss of that tree, in kB
 # MAILDIR_ROOT holds <user>/Maildir; Dovecot gets a hard-linked copy (it renames new/ -> cur/).
+# COREPOP_MAIL_EXTRA adds lines to corepop's [mail] section; LIB_NO_DOVECOT=1 lets a script
+# that starts only corepop (map_min.sh) run where Dovecot is not installed.
 #
 # Optional TLS (run.sh with TLS set, i.e. tls.sh): set LIB_TLS_CERT and LIB_TLS_KEY (PEM files) before start_dovecot /
 # start_corepop and each server also gets an implicit-TLS listener on 127.0.0.1 with that
@@ -91,7 +93,7 @@ lib_cleanup() {
 
 lib_init() {
   [[ $(id -u) == 0 ]] || die "run as root: Dovecot's master process needs it"
-  command -v dovecot >/dev/null || die "dovecot not found (apt-get install dovecot-pop3d)"
+  [[ -n ${LIB_NO_DOVECOT:-} ]] || command -v dovecot >/dev/null || die "dovecot not found (apt-get install dovecot-pop3d)"
   [[ -x $COREPOP ]] || die "$COREPOP not found (cargo build --release, or set COREPOP)"
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/corepop-$(basename "$0" .sh).XXXXXX")
   chmod 755 "$TMP"
@@ -201,6 +203,8 @@ start_corepop() {
     [[ -n $threads ]] && printf '[server]\nthreads = %s\n' "$threads"
     printf '[auth]\npasswd_file = "%s"\nfailure_delay_ms = 0\n' "$passwd"
     printf '[mail]\nlocation = "maildir:%s/%%u/Maildir"\n' "$mail"
+    # Extra [mail] settings, e.g. COREPOP_MAIL_EXTRA='map_min_size = 0'.
+    [[ -n ${COREPOP_MAIL_EXTRA:-} ]] && printf '%s\n' "$COREPOP_MAIL_EXTRA"
   } >"$TMP/corepop.toml"
   local tls_args=()
   if [[ -n ${LIB_TLS_CERT:-} ]]; then
