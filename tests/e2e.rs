@@ -445,3 +445,45 @@ fn messages_around_the_read_chunk_size_are_exact() {
     }
     c.cmd("QUIT");
 }
+
+#[test]
+fn wire_form_messages_sent_from_the_file_are_exact() {
+    // Messages already in wire form go out with sendfile from the page cache; with
+    // `map_min_size = 0` all of them do. A reader that waits before reading makes the socket
+    // buffer fill in the middle of the 8 MiB one; a message without a final line end gets
+    // one; a command pipelined behind a RETR is answered after the terminator.
+    let mut fx = Fixture::new();
+    fx.add_user("eve", "pw");
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    let mut i = 0u64;
+    while big.len() < 8 << 20 {
+        big.extend_from_slice(
+            format!("{i:08} wire-form line, CRLF and no leading dot\r\n").as_bytes(),
+        );
+        i += 1;
+    }
+    let msgs: [&[u8]; 3] = [
+        &big,
+        b"Subject: short\r\n\r\nno final line end",
+        b"Subject: e\r\n\r\n",
+    ];
+    for (i, m) in msgs.iter().enumerate() {
+        fx.deliver("eve", "new", &format!("17000000{i:02}.M1P1.h"), m);
+    }
+    fx.config("[mail]\nmap_min_size = 0\n");
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("eve", "pw");
+    for (i, m) in msgs.iter().enumerate() {
+        c.send_raw(format!("RETR {}\r\nNOOP\r\n", i + 1).as_bytes());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(c.read_line().starts_with("+OK"));
+        assert!(c.read_multi_body() == expected_wire(m), "RETR {}", i + 1);
+        assert!(
+            c.read_line().starts_with("+OK"),
+            "NOOP after RETR {}",
+            i + 1
+        );
+    }
+    c.cmd("QUIT");
+}

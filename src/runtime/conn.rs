@@ -703,11 +703,16 @@ impl Conn {
         lines: Option<u64>,
     ) -> io::Result<(u64, bool)> {
         match body {
-            Body::Mapped { map, ends_lf } => {
-                // Already wire form: straight from the mapping, no copy.
+            Body::Mapped { map, file, ends_lf } => {
+                // Already wire form: the status line, then the file with `sendfile` (page
+                // cache to socket, no copy in user space; the mapping keeps the pre-faulted
+                // pages and gives glommio something to write while it waits for room),
+                // then the terminator.
                 let tail: &[u8] = if ends_lf { TERMINATOR } else { b"\r\n.\r\n" };
-                self.write_parts(&[out, map.bytes(), tail]).await?;
+                self.write_parts(&[out]).await?;
                 out.clear();
+                self.send_file(&file, map.bytes()).await?;
+                self.write_parts(&[tail]).await?;
                 self.flush_tls().await?;
                 Ok((map.len() as u64, false))
             }
@@ -759,6 +764,36 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Sends `file`, whose contents `map` maps, on a plaintext connection: `sendfile` while
+    /// the socket takes it; when its buffer is full, a small piece of the mapping through
+    /// glommio, which parks the task until there is room. A file that shrinks meanwhile
+    /// ends the connection (the client cannot be sent what was announced).
+    async fn send_file(&mut self, file: &std::fs::File, map: &[u8]) -> io::Result<()> {
+        self.count_sent(map.len());
+        let Transport::Plain(tcp) = &mut self.stream else {
+            return Err(io::Error::other("sendfile needs a plaintext connection"));
+        };
+        let mut off = 0;
+        while off < map.len() {
+            let n = match sys::sendfile(&*tcp, file, off as u64, map.len() - off) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "message file shrank while being sent",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tcp.write(&map[off..map.len().min(off + 4096)]).await?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e),
+            };
+            off += n;
+        }
+        Ok(())
     }
 
     /// rustls buffers: push out what it holds.
@@ -872,8 +907,13 @@ impl Conn {
 
 /// A message opened for sending.
 enum Body {
-    /// Mapped; known to be wire form. `ends_lf` was read with pread, not through the mapping.
-    Mapped { map: MappedFile, ends_lf: bool },
+    /// Mapped (and pre-faulted); known to be wire form. `ends_lf` was read with pread, not
+    /// through the mapping. Sent from `file` with `sendfile`.
+    Mapped {
+        map: MappedFile,
+        file: std::fs::File,
+        ends_lf: bool,
+    },
     /// To be read chunk by chunk with pread up to `end` (its size at open); `chunk[..len]`
     /// holds the bytes at `offset` (the rest of `chunk` is scratch), and `eof` says the
     /// message ends with them.
@@ -943,6 +983,7 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
         }
         return Ok(Body::Mapped {
             map,
+            file,
             ends_lf: last[0] == b'\n',
         });
     }

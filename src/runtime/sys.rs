@@ -64,6 +64,40 @@ pub fn send_vectored<T: AsRawFd>(s: &T, bufs: &[IoSlice<'_>]) -> io::Result<usiz
     SockRef::from(&fd).send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
+/// One `sendfile` of up to `count` bytes of `file` from `offset` to the socket, without
+/// waiting: `WouldBlock` when the socket buffer is full. `sendfile` takes no `MSG_DONTWAIT`,
+/// so the socket is non-blocking for the length of the call (glommio keeps it blocking and
+/// has nothing of its own in flight on it while a connection's task runs this). The pages
+/// go from the page cache to the socket without a copy in user space.
+pub fn sendfile<T: AsRawFd>(
+    s: &T,
+    file: &std::fs::File,
+    offset: u64,
+    count: usize,
+) -> io::Result<usize> {
+    let fd = s.as_raw_fd();
+    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: plain fcntl/sendfile calls on descriptors that `s` and `file` own for the
+    // duration of this call; `off` is a local the kernel writes back.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::sendfile(fd, file.as_raw_fd(), &mut off, count);
+        let err = io::Error::last_os_error();
+        libc::fcntl(fd, libc::F_SETFL, flags);
+        if n < 0 {
+            Err(err)
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 /// Stops further reads on a connection: a pending read returns end-of-file.
 pub fn shutdown_read(fd: RawFd) {
     // SAFETY: called only for descriptors of connections the caller's registry knows are open.
