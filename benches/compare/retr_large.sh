@@ -7,8 +7,10 @@
 # separate servers:
 #   lf   - LF line endings as Postfix delivers them (the common case): a short text part with
 #          dot-lines plus a base64 attachment; servers must convert to CRLF and dot-stuff.
-#   crlf - the same message with CRLF endings and no line starting with '.': corepop can send
-#          it from its mmap unchanged.
+#   crlf - the same message with CRLF endings and no line starting with '.': already wire
+#          form. Its ,S=,W= name says nothing about dot-lines, so corepop streams it through
+#          the transform once (the priming pass), learns that nothing needed changing, and
+#          from then on sends the file with sendfile.
 # For each variant and each CONNS (1 and 4) it runs, REPS times alternating the order,
 #   corepop bench --mode full --sessions SESSIONS_PER_CONN*c -c c --warmup 0 --json
 # against corepop and Dovecot (after one priming pass each), and a plain socket copy of the
