@@ -22,8 +22,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Name of the lock file inside a Maildir.
@@ -81,13 +81,19 @@ fn process_start(pid: u32) -> Option<u64> {
     after.split(' ').nth(19)?.parse().ok()
 }
 
-/// A token unique to one lock: the process identity plus a sequence number, so releasing an
-/// old lock can never clear a newer one of the same process.
-fn token() -> String {
+/// A number unique to one lock of this process: with the process identity it makes the
+/// lock's token ([`token`]), so releasing an old lock can never clear a newer one.
+fn next_seq() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The token of this process's lock number `seq`, as written into the lock file. Held locks
+/// keep only `seq` and make the text again when they need it (at release): one string less
+/// per logged-in session.
+fn token(seq: u64) -> String {
     let id = identity();
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{} {} {} {} {seq}\n", id.pid, id.start, id.host, id.nonce)
 }
 
@@ -95,8 +101,9 @@ fn token() -> String {
 /// holds a lock; for this process, this set is the truth: a lock whose release could not be
 /// written (no free descriptor, I/O error) is not left held for the life of the process.
 /// Touched only at login and logout.
-fn held_here() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
-    static HELD: OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
+/// The set shares each path with the lock that holds it (one allocation per held lock).
+fn held_here() -> &'static std::sync::Mutex<std::collections::HashSet<Arc<Path>>> {
+    static HELD: OnceLock<std::sync::Mutex<std::collections::HashSet<Arc<Path>>>> = OnceLock::new();
     HELD.get_or_init(Default::default)
 }
 
@@ -126,8 +133,9 @@ fn is_held(path: &Path, content: &str, mtime: Option<SystemTime>) -> bool {
 /// A held maildrop lock. Released by [`MaildropLock::release`] or on drop.
 #[derive(Debug)]
 pub struct MaildropLock {
-    path: PathBuf,
-    token: String,
+    path: Arc<Path>,
+    /// This lock's number; its token is [`token`]`(seq)`.
+    seq: u64,
     released: bool,
 }
 
@@ -149,7 +157,7 @@ fn open_locked(path: &Path) -> io::Result<File> {
 impl MaildropLock {
     /// Takes the lock of the Maildir at `maildir`. Blocking: call it off the executor.
     pub fn acquire(maildir: &Path) -> Result<Self, LockError> {
-        let path = maildir.join(LOCK_FILE);
+        let path: Arc<Path> = maildir.join(LOCK_FILE).into();
         let mut f = open_locked(&path)?;
         let mut content = String::new();
         let _ = f.read_to_string(&mut content);
@@ -157,17 +165,17 @@ impl MaildropLock {
         if is_held(&path, &content, mtime) {
             return Err(LockError::InUse);
         }
-        let token = token();
+        let seq = next_seq();
         f.set_len(0)?;
         f.rewind()?;
-        f.write_all(token.as_bytes())?;
+        f.write_all(token(seq).as_bytes())?;
         // Still under flock, so no other session of this process can look in between.
         if let Ok(mut h) = held_here().lock() {
             h.insert(path.clone());
         }
         Ok(Self {
             path,
-            token,
+            seq,
             released: false,
         })
     }
@@ -175,11 +183,11 @@ impl MaildropLock {
     /// Releases the lock (if the file still holds our token). Blocking.
     pub fn release(mut self) -> io::Result<()> {
         self.released = true;
-        release(&self.path, &self.token)
+        release(&self.path, self.seq)
     }
 }
 
-fn release(path: &Path, token: &str) -> io::Result<()> {
+fn release(path: &Path, seq: u64) -> io::Result<()> {
     // Forget it here first: even if the file cannot be rewritten, the lock is free for the
     // next session of this process.
     if let Ok(mut h) = held_here().lock() {
@@ -188,7 +196,7 @@ fn release(path: &Path, token: &str) -> io::Result<()> {
     let mut f = open_locked(path)?;
     let mut content = String::new();
     f.read_to_string(&mut content)?;
-    if content == token {
+    if content == token(seq) {
         f.set_len(0)?;
     }
     Ok(())
@@ -197,7 +205,7 @@ fn release(path: &Path, token: &str) -> io::Result<()> {
 impl Drop for MaildropLock {
     fn drop(&mut self) {
         if !self.released {
-            if let Err(e) = release(&self.path, &self.token) {
+            if let Err(e) = release(&self.path, self.seq) {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not release maildrop lock");
             }
         }

@@ -1022,6 +1022,9 @@ impl<M: Maildrop> Session<M> {
                     None => ok(out, "Logged in."),
                 }
                 self.state = State::Transaction(Transaction::new(drop));
+                // APOP's challenge is of no more use; a logged-in session may be held
+                // for a long time.
+                self.conn.apop_timestamp = None;
             }
             LoginResult::Failed => self.auth_failed(out, AUTH_FAILED),
             LoginResult::InUse => {
