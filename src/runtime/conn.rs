@@ -61,8 +61,9 @@ impl crate::protocol::Maildrop for Maildrop {
 /// Largest chunk of a transformed message written at once.
 const CHUNK: usize = 64 * 1024;
 /// Bytes read from the socket at a time; small, since this buffer lives as long as the session
-/// (commands are a few dozen octets; a pipelining client just takes more reads).
-const READ_BUF: usize = 256;
+/// (commands are a few dozen octets; a pipelining client or a long AUTH line just takes more
+/// reads). 64 keeps an idle connection's task in a smaller allocator size class.
+const READ_BUF: usize = 64;
 
 /// The connection's byte stream: plaintext, or TLS over the same socket. The TLS state is
 /// boxed so a plaintext connection pays nothing for it.
@@ -138,50 +139,68 @@ impl AsyncWrite for Transport {
 }
 
 /// Runs one connection to its end. On an implicit-TLS listener the TLS handshake comes first.
-pub(crate) async fn run(
-    mut stream: TcpStream,
+///
+/// Not an `async fn`: the connection's state is built here, before the future, so that the
+/// future holds it once (an `async fn` keeps its arguments in the future for its whole life,
+/// next to the `Conn` they are moved into). The task of an idle connection is this future;
+/// see docs/architecture.md, "An idle connection's memory".
+pub(crate) fn run(
+    stream: TcpStream,
     spec: ListenerSpec,
     shared: Arc<Shared>,
     registry: Rc<Registry>,
     id: u64,
-) {
-    let implicit_tls = spec.tls;
-    let mut peer = stream.peer_addr().ok();
-    // Admission: the PROXY header (from trusted networks only) names the real client, whose
-    // address then counts for limits, penalties and logs.
-    let admitted = admit(&mut stream, spec, &shared, &mut peer).await;
-    let slot = match admitted {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            registry.metrics.refused(refusal);
-            if !implicit_tls && matches!(refusal, Refusal::MaxConnections | Refusal::MaxPerIp) {
-                let _ = stream
-                    .write_all(b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n")
-                    .await;
-            }
-            registry.closed(id, &shared);
-            return;
-        }
-    };
+) -> impl std::future::Future<Output = ()> {
+    let peer = stream.peer_addr().ok();
     let mut c = Conn {
         stream: Transport::Plain(stream),
-        implicit_tls,
+        implicit_tls: spec.tls,
         shared,
         peer,
         user: None,
         lock: None,
         scram: None,
-        registry: registry.clone(),
+        registry,
         sent: 0,
         received: 0,
         user_slot: None,
-        _slot: slot,
+        _slot: None,
     };
-    if let Err(e) = c.drive().await {
-        tracing::debug!(peer = %Peer(c.peer), error = %e, "connection ended with an error");
+    // `c` is moved into the future once and served in place (an `async fn` taking `self`
+    // by value would hold a second copy of it).
+    async move { c.serve(spec, id).await }
+}
+
+impl Conn {
+    /// Admission (PROXY header, connection limits), then the session.
+    async fn serve(&mut self, spec: ListenerSpec, id: u64) {
+        // Admission: the PROXY header (from trusted networks only) names the real client,
+        // whose address then counts for limits, penalties and logs. Boxed: it is over before
+        // the session starts, and unboxed its state (the header read, its timer) would stay
+        // in the task for the connection's whole life.
+        let Transport::Plain(stream) = &mut self.stream else {
+            unreachable!("a new connection is plaintext")
+        };
+        match Box::pin(admit(stream, spec, &self.shared, &mut self.peer)).await {
+            Ok(slot) => self._slot = slot,
+            Err(refusal) => {
+                self.registry.metrics.refused(refusal);
+                if !spec.tls && matches!(refusal, Refusal::MaxConnections | Refusal::MaxPerIp) {
+                    let _ = self
+                        .stream
+                        .write_all(b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n")
+                        .await;
+                }
+                self.registry.closed(id, &self.shared);
+                return;
+            }
+        }
+        if let Err(e) = self.drive().await {
+            tracing::debug!(peer = %Peer(self.peer), error = %e, "connection ended with an error");
+        }
+        self.registry.closed(id, &self.shared);
+        self.release_lock().await;
     }
-    registry.closed(id, &c.shared);
-    c.release_lock().await;
 }
 
 /// Reads the PROXY header on a PROXY listener and takes the connection's place in the
@@ -317,13 +336,12 @@ enum Login {
 
 impl Conn {
     async fn drive(&mut self) -> io::Result<()> {
-        let shared = self.shared.clone();
-        let cfg = &shared.cfg;
         self.stream.tcp()?.set_nodelay(true)?;
-        let login_timeout = Duration::from_secs(cfg.limits.login_timeout_secs);
-        let login_deadline =
-            std::time::Instant::now() + Duration::from_secs(cfg.limits.login_deadline_secs);
-        let idle_timeout = Duration::from_secs(cfg.limits.idle_timeout_secs);
+        // Settings are read from `self.shared` where they are used rather than kept in
+        // locals: this future lives as long as the connection (see docs/architecture.md,
+        // "An idle connection's memory").
+        let login_deadline = std::time::Instant::now()
+            + Duration::from_secs(self.shared.cfg.limits.login_deadline_secs);
         if self.implicit_tls {
             if let Err(e) = Box::pin(self.start_tls()).await {
                 self.registry.metrics.tls_handshake_failed();
@@ -331,15 +349,21 @@ impl Conn {
                 return Ok(());
             }
         }
-        self.stream.tcp()?.set_read_timeout(Some(login_timeout))?;
-        self.stream.tcp()?.set_write_timeout(Some(idle_timeout))?;
+        self.stream
+            .tcp()?
+            .set_read_timeout(Some(self.login_timeout()))?;
+        self.stream
+            .tcp()?
+            .set_write_timeout(Some(self.idle_timeout()))?;
         let loopback = self.peer.is_some_and(|p| p.ip().is_loopback());
         let info = ConnInfo {
-            apop_timestamp: cfg
+            apop_timestamp: self
+                .shared
+                .cfg
                 .server
                 .apop
                 .then(|| apop_timestamp(&self.shared.hostname)),
-            plaintext_auth: loopback || cfg.auth.insecure_plaintext_auth,
+            plaintext_auth: loopback || self.shared.cfg.auth.insecure_plaintext_auth,
             stls: self.shared.tls.is_some() && !self.implicit_tls,
             secure: self.implicit_tls,
             sasl: self.shared.sasl,
@@ -372,7 +396,7 @@ impl Conn {
                         }
                         self.stream
                             .tcp()?
-                            .set_read_timeout(Some(login_timeout.min(left)))?;
+                            .set_read_timeout(Some(self.login_timeout().min(left)))?;
                     }
                     let n = match self.stream.read(&mut buf).await {
                         Ok(n) => n,
@@ -403,7 +427,8 @@ impl Conn {
                 }
                 Step::Flush => self.flush(&mut out).await?,
                 Step::Login(req) => {
-                    Box::pin(self.on_login(&mut session, &mut out, *req.0, idle_timeout)).await?;
+                    let idle = self.idle_timeout();
+                    Box::pin(self.on_login(&mut session, &mut out, *req.0, idle)).await?;
                 }
                 Step::SaslChallenge(ch) => {
                     Box::pin(self.on_sasl_challenge(&mut session, &mut out, *ch)).await;
@@ -422,7 +447,9 @@ impl Conn {
                         tracing::debug!(peer = %Peer(self.peer), error = %e, "STLS handshake failed");
                         return Ok(());
                     }
-                    self.stream.tcp()?.set_read_timeout(Some(login_timeout))?;
+                    self.stream
+                        .tcp()?
+                        .set_read_timeout(Some(self.login_timeout()))?;
                     session.tls_started();
                 }
                 Step::Close => {
@@ -794,6 +821,14 @@ impl Conn {
             off += n;
         }
         Ok(())
+    }
+
+    fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.limits.login_timeout_secs)
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.limits.idle_timeout_secs)
     }
 
     /// rustls buffers: push out what it holds.
