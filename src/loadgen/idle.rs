@@ -22,6 +22,8 @@ use super::ErrorLog;
 
 const READY: &str = "corepop-bench-idle ready";
 const DONE: &str = "corepop-bench-idle done";
+/// Logins refused with `[IN-USE]` are tried again this many times, 50 ms apart.
+const IN_USE_RETRIES: usize = 40;
 
 /// How idle connections are opened.
 #[derive(Clone, Debug)]
@@ -54,13 +56,29 @@ pub fn open_local(cfg: &IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
                         failed: [0; ErrorKind::COUNT],
                     };
                     for u in part {
-                        let r = Conn::open(cfg.addr, cfg.timeout, 1024, cfg.tls.as_ref());
-                        let r = r.and_then(|mut c| {
-                            if cfg.login {
-                                c.login(&u.name, &u.password)?;
+                        let open = || {
+                            let r = Conn::open(cfg.addr, cfg.timeout, 1024, cfg.tls.as_ref());
+                            r.and_then(|mut c| {
+                                if cfg.login {
+                                    c.login(&u.name, &u.password)?;
+                                }
+                                Ok(c)
+                            })
+                        };
+                        // The previous run's connection of the same user sent QUIT without
+                        // waiting for the reply ([`close_all`]); until the server has
+                        // processed it the maildrop is still locked. Not what is measured:
+                        // retry for up to ~2 s.
+                        let mut r = open();
+                        for _ in 0..IN_USE_RETRIES {
+                            match &r {
+                                Err(e) if e.kind == ErrorKind::InUse => {
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    r = open();
+                                }
+                                _ => break,
                             }
-                            Ok(c)
-                        });
+                        }
                         match r {
                             Ok(c) => out.streams.push(c.into_stream()),
                             Err(e) => {
