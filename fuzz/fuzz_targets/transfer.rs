@@ -2,11 +2,13 @@
 //! sizes. Invariants: un-stuffing the wire form gives back the CRLF-normalised message (plus
 //! the CRLF added to a message without a final line ending); the wire form has no bare LF and
 //! ends in exactly one terminator; the size LIST reports (`crlf_size`) is what RETR sends
-//! before stuffing; the zero-copy path, when offered, is byte-identical to the streamed one.
+//! before stuffing; the zero-copy path, when offered, is byte-identical to the streamed one;
+//! a streamed RETR fed in pieces that says it changed nothing (which makes later RETRs send
+//! the stored bytes as they are) really sent the message unchanged.
 #![no_main]
 
-use corepop::mailbox::transfer::top_end;
-use corepop::mailbox::{crlf_size, TransferPlan, TERMINATOR};
+use corepop::mailbox::transfer::{is_wire_clean, top_end};
+use corepop::mailbox::{crlf_size, StreamTransform, TransferPlan, TERMINATOR};
 use libfuzzer_sys::fuzz_target;
 
 /// The same oracle as the proptest suite's.
@@ -58,6 +60,18 @@ fuzz_target!(|data: &[u8]| {
     let plan = TransferPlan::retr(src);
     if let Some(slice) = plan.as_slice() {
         assert_eq!([slice, TERMINATOR].concat(), wire, "zero-copy path differs");
+    }
+
+    let mut t = StreamTransform::retr();
+    let mut streamed = Vec::new();
+    for piece in src.chunks(bufsize) {
+        t.push(piece, &mut streamed);
+    }
+    t.finish(&mut streamed);
+    assert_eq!(streamed, wire, "pieces differ from the plan");
+    assert_eq!(t.unaltered(), is_wire_clean(src), "unaltered() is wrong");
+    if t.unaltered() {
+        assert_eq!([src, TERMINATOR].concat(), wire, "unaltered, yet changed");
     }
 
     let end = top_end(src, lines);
