@@ -52,6 +52,9 @@ impl LineDecoder {
 
     /// Appends bytes received from the client.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf = spare::take();
+        }
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -87,10 +90,11 @@ impl LineDecoder {
         }
     }
 
-    /// Releases the buffer's memory when it is empty (keeps idle sessions small).
+    /// Gives the buffer back when it is empty (keeps idle sessions small): to this thread's
+    /// spare buffers, where the next session that receives a command takes it from.
     pub fn shrink_if_idle(&mut self) {
         if self.buffered() == 0 && self.buf.capacity() > 0 {
-            self.buf = Vec::new();
+            spare::give(std::mem::take(&mut self.buf));
             self.start = 0;
         }
     }
@@ -124,6 +128,27 @@ impl LineDecoder {
                 None
             }
         }
+    }
+}
+
+/// Spare line buffers, one list per thread (with one executor per core, per core): a
+/// decoder takes one when input arrives and gives it back once it has consumed it, so a
+/// session waiting for its next command holds none and a stream of commands on a busy core
+/// allocates none. Longer buffers (long SASL lines) are freed.
+mod spare {
+    use super::super::spare::Spares;
+
+    thread_local! {
+        static LINES: Spares = const { Spares::new(64, 1024) };
+    }
+
+    pub fn take() -> Vec<u8> {
+        LINES.with(Spares::take).unwrap_or_default()
+    }
+
+    pub fn give(mut buf: Vec<u8>) {
+        buf.clear();
+        LINES.with(|s| s.give(buf));
     }
 }
 

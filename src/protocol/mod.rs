@@ -11,6 +11,7 @@ pub mod command;
 pub mod line;
 pub mod sasl;
 pub mod session;
+pub mod spare;
 
 pub use command::{Command, MsgNum, ParseError};
 pub use line::{Line, LineDecoder, MAX_LINE};

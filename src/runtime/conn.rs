@@ -372,7 +372,7 @@ impl Conn {
         // keeps the task smaller (see docs/architecture.md, "An idle connection's memory").
         let mut session: Box<Session<Maildrop>> =
             Box::new(Session::new(self.shared.session_cfg.clone(), info));
-        let mut out = Vec::with_capacity(256);
+        let mut out = spare::take_reply();
         session.greeting(&mut out);
         let mut buf = [0u8; READ_BUF];
         loop {
@@ -383,7 +383,7 @@ impl Conn {
                     self.flush(&mut out).await?;
                     // Waiting for input may take minutes: hold no buffers meanwhile.
                     session.shrink_if_idle();
-                    out = Vec::new();
+                    spare::give_reply(std::mem::take(&mut out));
                     if !session.logged_in() {
                         // Before login, idle time and total time are both bounded.
                         let left =
@@ -422,7 +422,7 @@ impl Conn {
                     }
                     self.received += n as u64;
                     self.registry.metrics.received(n);
-                    out.reserve(256);
+                    out = spare::take_reply();
                     session.feed(&buf[..n]);
                 }
                 Step::Flush => self.flush(&mut out).await?,
@@ -962,37 +962,43 @@ enum Body {
     },
 }
 
-/// Spare body buffers, one pool per executor thread: the pread chunk and the transformed
-/// bytes of a RETR or TOP come from here and go back when the transfer ends, so a steady
-/// stream of retrievals does not allocate (or zero) them each time, and a connection holds
-/// none while it waits for its next command. A buffer keeps its length when it is given
-/// back: all of it is initialised, so a chunk read into it needs no zeroing.
+/// Spare buffers, one set per executor thread ([`Spares`](crate::protocol::spare::Spares)):
+/// the pread chunk and the transformed bytes of a RETR or TOP come from here and go back
+/// when the transfer ends, and so do reply buffers between commands, so a steady stream of
+/// commands and retrievals does not allocate (or zero) them each time, and a connection
+/// holds none while it waits for its next command. A body buffer keeps its length when it
+/// is given back: all of it is initialised, so a chunk read into it needs no zeroing.
 mod spare {
-    use std::cell::RefCell;
-
-    /// Buffers kept per executor (more are freed): enough for the connections that are
-    /// sending a message at the same moment on one core, which a loaded core rarely exceeds.
-    const KEEP: usize = 32;
-    /// Larger buffers (a TOP or RETR chunk never needs more) are freed, not kept.
-    const LARGEST: usize = 2 * super::CHUNK + 64;
+    use crate::protocol::spare::Spares;
 
     thread_local! {
-        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        /// Message-body buffers: enough for the connections that are sending a message at
+        /// the same moment on one core, which a loaded core rarely exceeds; a TOP or RETR
+        /// chunk never needs more than the largest kept.
+        static BODIES: Spares = const { Spares::new(32, 2 * super::CHUNK + 64) };
+        /// Reply buffers (status lines, listings): a connection takes one when a command
+        /// arrives and gives it back, empty, before it waits for the next, so an idle
+        /// connection holds none and a busy core allocates none. Long listings are freed.
+        static REPLIES: Spares = const { Spares::new(64, 4096) };
     }
 
     pub fn take() -> Vec<u8> {
-        POOL.with_borrow_mut(|p| p.pop()).unwrap_or_default()
+        BODIES.with(Spares::take).unwrap_or_default()
     }
 
     pub fn give(buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > LARGEST {
-            return;
-        }
-        POOL.with_borrow_mut(|p| {
-            if p.len() < KEEP {
-                p.push(buf);
-            }
-        });
+        BODIES.with(|s| s.give(buf));
+    }
+
+    pub fn take_reply() -> Vec<u8> {
+        REPLIES
+            .with(Spares::take)
+            .unwrap_or_else(|| Vec::with_capacity(256))
+    }
+
+    pub fn give_reply(mut buf: Vec<u8>) {
+        buf.clear();
+        REPLIES.with(|s| s.give(buf));
     }
 }
 
