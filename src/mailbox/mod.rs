@@ -177,7 +177,13 @@ impl Snapshot {
     /// the file as it is. It is written to the on-disk index when this Maildir's snapshot is
     /// next rebuilt (see [`Snapshot::load_with`]). Message files are never rewritten in
     /// place, so the fact holds for as long as the file exists.
+    ///
+    /// Called after every streamed RETR that changed nothing; the word is shared by all
+    /// cores, so it is only written when the fact is new.
     pub fn learn_wire_form(&self, index: usize) {
+        if self.is_wire_form(index) {
+            return;
+        }
         if let Some(w) = self.inner.learned.get(index / 64) {
             w.fetch_or(1 << (index % 64), Ordering::Relaxed);
         }
