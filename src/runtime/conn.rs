@@ -710,14 +710,10 @@ impl Conn {
             self.stream.write_all(out).await?;
             out.clear();
         }
-        if matches!(self.stream, Transport::Tls(_)) {
-            self.stream.flush().await?;
-        }
-        if out.capacity() > 4096 {
-            // Do not keep a large buffer for an idle connection.
-            *out = Vec::with_capacity(256);
-        }
-        Ok(())
+        // The buffer keeps its capacity (a long listing is flushed in parts); before the
+        // driver waits for input it goes back to the executor's spare list, which frees
+        // large ones, so an idle connection holds none.
+        self.flush_tls().await
     }
 
     /// Sends the status line in `out` followed by the message's wire form and terminator.
@@ -738,9 +734,9 @@ impl Conn {
                 let tail: &[u8] = if ends_lf { TERMINATOR } else { b"\r\n.\r\n" };
                 self.write_parts(&[out]).await?;
                 out.clear();
+                // Plaintext only (`send_file` refuses TLS), so nothing to flush.
                 self.send_file(&file, map.bytes()).await?;
                 self.write_parts(&[tail]).await?;
-                self.flush_tls().await?;
                 Ok((map.len() as u64, false))
             }
             Body::Read {
