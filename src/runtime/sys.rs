@@ -2,8 +2,9 @@
 //!
 //! Owns: creating the listening sockets ourselves (one per address, shared by all executors, a
 //! large backlog) and adopting them into glommio; a non-blocking vectored
-//! `sendmsg` so a status line, a mapped message and the terminator leave in one system call;
-//! and `shutdown(SHUT_RD)` to wake idle sessions at server shutdown.
+//! `sendmsg` so a status line and a message's first chunk leave in one system call; a
+//! non-blocking `sendfile` for messages sent as stored; and `shutdown(SHUT_RD)` to wake idle
+//! sessions at server shutdown.
 //!
 //! Every `unsafe` here only turns a descriptor that a live object owns into a borrowed or owned
 //! handle; no memory is shared with the kernel beyond the duration of one call.
