@@ -1,15 +1,19 @@
-//! A minimal blocking POP3 client for load generation.
+//! A minimal POP3 client for load generation, on tokio's non-blocking sockets.
 //!
 //! One [`Conn`] owns a [`Stream`] (a `TcpStream`, or TLS over one) and a read buffer.
 //! Multi-line bodies (RETR/TOP) are scanned in place: the terminating `.CRLF` is found and the
 //! un-stuffed length counted without copying the message anywhere. Under TLS the decrypted
 //! octets land in the same buffer and go through the same scan.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::tls::{self, TlsClient, TlsMode, TlsStream};
+use rustls::ClientConnection;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use super::tls::{self, TlsClient, TlsIo, TlsMode};
 
 /// What went wrong, for the per-kind error counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,38 +131,54 @@ fn err_kind(line: &[u8], otherwise: ErrorKind) -> ErrorKind {
     }
 }
 
-/// The transport under a [`Conn`].
+/// The transport under a [`Conn`]: non-blocking sockets driven by the thread's tokio loop.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream>),
+    Tls(Box<TlsIo>),
 }
 
 impl Stream {
     #[inline]
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
         }
     }
 
     #[inline]
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Stream::Plain(s) => s.write_all(data),
+            Stream::Plain(s) => s.write_all(data).await,
             Stream::Tls(s) => {
-                s.write_all(data)?;
-                // Surfaces a failed socket write now rather than at the next read.
-                s.flush()
+                s.write_all(data).await?;
+                // rustls keeps the records until flushed.
+                s.flush().await
             }
         }
     }
+}
 
-    /// The TCP socket (under TLS: the one TLS runs over).
-    pub fn tcp(&self) -> &TcpStream {
+/// An idle connection taken off the event loop (`--idle`): a blocking socket that is only
+/// checked, and sent QUIT, when the run ends.
+pub enum Held {
+    Plain(std::net::TcpStream),
+    Tls(Box<HeldTls>),
+}
+
+/// [`Held`] under TLS: the socket, the TLS state, and ciphertext read ahead of the TLS
+/// layer when the connection left the event loop.
+pub struct HeldTls {
+    tcp: std::net::TcpStream,
+    conn: ClientConnection,
+    pending: Vec<u8>,
+}
+
+impl Held {
+    fn tcp(&self) -> &std::net::TcpStream {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock.tcp,
+            Held::Plain(s) => s,
+            Held::Tls(s) => &s.tcp,
         }
     }
 
@@ -170,11 +190,11 @@ impl Stream {
             return false;
         }
         let idle = match self {
-            Stream::Plain(s) => {
+            Held::Plain(s) => {
                 let mut b = [0u8; 1];
                 matches!(s.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
-            Stream::Tls(s) => tls_is_idle(s),
+            Held::Tls(s) => tls_is_idle(s),
         };
         let _ = self.tcp().set_nonblocking(false);
         idle
@@ -185,26 +205,35 @@ impl Stream {
     pub fn send_quit_nonblocking(&mut self) {
         let _ = self.tcp().set_nonblocking(true);
         match self {
-            Stream::Plain(s) => {
+            Held::Plain(s) => {
                 let _ = s.write_all(b"QUIT\r\n");
             }
-            Stream::Tls(s) => {
+            Held::Tls(s) => {
                 if s.conn.writer().write_all(b"QUIT\r\n").is_ok() {
-                    let _ = s.conn.write_tls(&mut s.sock);
+                    let _ = s.conn.write_tls(&mut s.tcp);
                 }
             }
         }
     }
 }
 
-/// [`Stream::is_idle`] for TLS, on a non-blocking socket: processes whatever has arrived.
-fn tls_is_idle(s: &mut TlsStream) -> bool {
+/// [`Held::is_idle`] for TLS, on a non-blocking socket: processes whatever has arrived.
+fn tls_is_idle(s: &mut HeldTls) -> bool {
     loop {
         if !s.conn.wants_read() {
             // Plaintext not delivered yet, or the server's close_notify.
             return false;
         }
-        match s.conn.read_tls(&mut s.sock) {
+        let read = if s.pending.is_empty() {
+            s.conn.read_tls(&mut s.tcp)
+        } else {
+            let mut rest: &[u8] = &s.pending;
+            let r = s.conn.read_tls(&mut rest);
+            let used = s.pending.len() - rest.len();
+            s.pending.drain(..used);
+            r
+        };
+        match read {
             Ok(0) => return false,
             Ok(_) => match s.conn.process_new_packets() {
                 Ok(st) if st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() => return false,
@@ -218,28 +247,37 @@ fn tls_is_idle(s: &mut TlsStream) -> bool {
     }
 }
 
-/// A connection's receive buffer. A worker runs one session after another: when a
-/// connection ends its buffer goes to a per-thread spare that the thread's next connection
-/// takes, so a session does not pay for a fresh 128 KiB allocation (page faults and zeroing
-/// were ~5 % of the load generator's CPU in a full-download run).
+/// A connection's receive buffer. A thread runs one session after another on each of its
+/// tasks: when a connection ends its buffer goes to the thread's spares, which the next
+/// connection takes, so a session does not pay for a fresh 128 KiB allocation (page faults
+/// and zeroing were ~5 % of the load generator's CPU in a full-download run).
 struct RecvBuf(Box<[u8]>);
 
+/// Spare buffers kept per thread: enough for every task of a large run.
+const SPARES: usize = 1024;
+
 thread_local! {
-    static SPARE: std::cell::Cell<Option<Box<[u8]>>> = const { std::cell::Cell::new(None) };
+    static SPARE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl RecvBuf {
     fn new(size: usize) -> RecvBuf {
-        match SPARE.take() {
-            Some(b) if b.len() == size => RecvBuf(b),
-            _ => RecvBuf(vec![0; size].into_boxed_slice()),
-        }
+        let spare = SPARE.with_borrow_mut(|s| match s.last() {
+            Some(b) if b.len() == size => s.pop(),
+            _ => None,
+        });
+        RecvBuf(spare.unwrap_or_else(|| vec![0; size].into_boxed_slice()))
     }
 }
 
 impl Drop for RecvBuf {
     fn drop(&mut self) {
-        SPARE.set(Some(std::mem::take(&mut self.0)));
+        let b = std::mem::take(&mut self.0);
+        SPARE.with_borrow_mut(|s| {
+            if s.len() < SPARES {
+                s.push(b);
+            }
+        });
     }
 }
 
@@ -263,53 +301,75 @@ pub struct Conn {
     pos: usize,
     end: usize,
     wbuf: Vec<u8>,
+    /// Limit for the connect and for every later read and write.
+    timeout: Duration,
+}
+
+/// `op` with the connection's time limit.
+async fn limited<T>(
+    limit: Duration,
+    what: &str,
+    otherwise: ErrorKind,
+    op: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(io_error(&e, what, otherwise)),
+        Err(_) => Err(SessionError::new(
+            ErrorKind::Timeout,
+            format!("{what}: no progress in {limit:?}"),
+        )),
+    }
 }
 
 impl Conn {
     /// Connects with `timeout` for the connect and every later read and write.
-    pub fn connect(addr: SocketAddr, timeout: Duration, buf_size: usize) -> Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| io_error(&e, "connect", ErrorKind::Connect))?;
-        let setup = |s: &TcpStream| -> io::Result<()> {
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))
-        };
-        setup(&stream).map_err(|e| io_error(&e, "socket setup", ErrorKind::Connect))?;
+    pub async fn connect(addr: SocketAddr, timeout: Duration, buf_size: usize) -> Result<Conn> {
+        let stream = limited(
+            timeout,
+            "connect",
+            ErrorKind::Connect,
+            TcpStream::connect(addr),
+        )
+        .await?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| io_error(&e, "socket setup", ErrorKind::Connect))?;
         Ok(Conn {
             stream: Stream::Plain(stream),
             buf: RecvBuf::new(buf_size.max(1024)),
             pos: 0,
             end: 0,
             wbuf: Vec::with_capacity(128),
+            timeout,
         })
     }
 
     /// Connects and reads the greeting, with TLS when `tls` is given: implicit TLS
     /// handshakes before the greeting, STARTTLS sends STLS after it and handshakes on `+OK`.
-    pub fn open(
+    pub async fn open(
         addr: SocketAddr,
         timeout: Duration,
         buf_size: usize,
         tls: Option<&TlsClient>,
     ) -> Result<Conn> {
-        let mut c = Conn::connect(addr, timeout, buf_size)?;
+        let mut c = Conn::connect(addr, timeout, buf_size).await?;
         match tls {
-            None => c.greeting()?,
+            None => c.greeting().await?,
             Some(t) if t.mode == TlsMode::Implicit => {
-                c = c.start_tls(t)?;
-                c.greeting()?;
+                c = c.start_tls(t).await?;
+                c.greeting().await?;
             }
             Some(t) => {
-                c.greeting()?;
-                c.command(b"STLS", &[])?;
-                if let Err(line) = c.status()? {
+                c.greeting().await?;
+                c.command(b"STLS", &[]).await?;
+                if let Err(line) = c.status().await? {
                     return Err(SessionError::new(
                         ErrorKind::Tls,
                         format!("STLS: {}", show(line)),
                     ));
                 }
-                c = c.start_tls(t)?;
+                c = c.start_tls(t).await?;
             }
         }
         Ok(c)
@@ -317,7 +377,7 @@ impl Conn {
 
     /// Runs the TLS handshake on this plaintext connection; everything after it is
     /// encrypted. The server must not have sent anything the client has not read yet.
-    pub fn start_tls(self, tls: &TlsClient) -> Result<Conn> {
+    pub async fn start_tls(self, tls: &TlsClient) -> Result<Conn> {
         if self.pos != self.end {
             return Err(SessionError::new(
                 ErrorKind::Protocol,
@@ -325,18 +385,25 @@ impl Conn {
             ));
         }
         let Conn {
-            stream, buf, wbuf, ..
+            stream,
+            buf,
+            wbuf,
+            timeout,
+            ..
         } = self;
         let Stream::Plain(tcp) = stream else {
             return Err(SessionError::new(ErrorKind::Tls, "TLS is already on"));
         };
-        let s = tls.handshake(tcp, buf.len().min(tls::READ_AHEAD))?;
+        let s = tls
+            .handshake(tcp, buf.len().min(tls::READ_AHEAD), timeout)
+            .await?;
         Ok(Conn {
             stream: Stream::Tls(s),
             buf,
             pos: 0,
             end: 0,
             wbuf,
+            timeout,
         })
     }
 
@@ -349,15 +416,34 @@ impl Conn {
         }
     }
 
-    /// Gives up the buffer and returns the transport (for idle connections). Any unread
-    /// input is discarded.
-    pub fn into_stream(self) -> Stream {
-        self.stream
+    /// Takes the connection off the event loop to be held idle (see [`Held`]). Unread
+    /// plaintext is discarded.
+    pub fn into_held(self) -> Result<Held> {
+        let blocking = |tcp: TcpStream| -> Result<std::net::TcpStream> {
+            let tcp = tcp
+                .into_std()
+                .map_err(|e| io_error(&e, "holding", ErrorKind::Io))?;
+            tcp.set_nonblocking(false)
+                .map_err(|e| io_error(&e, "holding", ErrorKind::Io))?;
+            Ok(tcp)
+        };
+        Ok(match self.stream {
+            Stream::Plain(tcp) => Held::Plain(blocking(tcp)?),
+            Stream::Tls(s) => {
+                let (io, conn) = s.into_inner();
+                let pending = io.buffer().to_vec();
+                Held::Tls(Box::new(HeldTls {
+                    tcp: blocking(io.into_inner())?,
+                    conn,
+                    pending,
+                }))
+            }
+        })
     }
 
     /// Reads more input. Compacts the buffer when it is full; a line longer than the whole
     /// buffer is a protocol error for callers that need whole lines.
-    fn fill(&mut self) -> Result<()> {
+    async fn fill(&mut self) -> Result<()> {
         if self.pos == self.end {
             self.pos = 0;
             self.end = 0;
@@ -372,26 +458,25 @@ impl Conn {
             self.end -= self.pos;
             self.pos = 0;
         }
-        loop {
-            match self.stream.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
-                    return Err(SessionError::new(
-                        ErrorKind::Io,
-                        "connection closed by the server",
-                    ))
-                }
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error(&e, "read", ErrorKind::Io)),
-            }
+        let n = limited(
+            self.timeout,
+            "read",
+            ErrorKind::Io,
+            self.stream.read(&mut self.buf[self.end..]),
+        )
+        .await?;
+        if n == 0 {
+            return Err(SessionError::new(
+                ErrorKind::Io,
+                "connection closed by the server",
+            ));
         }
+        self.end += n;
+        Ok(())
     }
 
     /// Reads one line; the returned slice excludes the CRLF (or bare LF).
-    pub fn read_line(&mut self) -> Result<&[u8]> {
+    pub async fn read_line(&mut self) -> Result<&[u8]> {
         let mut scanned = 0;
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos + scanned..self.end]) {
@@ -405,14 +490,14 @@ impl Conn {
                 return Ok(&self.buf[start..e]);
             }
             scanned = self.end - self.pos;
-            self.fill()?;
+            self.fill().await?;
         }
     }
 
     /// Reads a status line: `Ok(Ok(rest))` for `+OK rest`, `Ok(Err(line))` for `-ERR ...`.
     /// Anything else is a protocol error.
-    pub fn status(&mut self) -> Result<std::result::Result<&[u8], &[u8]>> {
-        let line = self.read_line()?;
+    pub async fn status(&mut self) -> Result<std::result::Result<&[u8], &[u8]>> {
+        let line = self.read_line().await?;
         if line.starts_with(b"+OK") {
             Ok(Ok(line[3..].trim_ascii_start()))
         } else if line.starts_with(b"-ERR") {
@@ -426,8 +511,8 @@ impl Conn {
     }
 
     /// Expects `+OK`; `-ERR` becomes a protocol error naming `what`.
-    pub fn expect_ok(&mut self, what: &str) -> Result<&[u8]> {
-        match self.status()? {
+    pub async fn expect_ok(&mut self, what: &str) -> Result<&[u8]> {
+        match self.status().await? {
             Ok(rest) => Ok(rest),
             Err(line) => Err(SessionError::new(
                 err_kind(line, ErrorKind::Protocol),
@@ -437,7 +522,7 @@ impl Conn {
     }
 
     /// Sends `verb` + optional numeric arguments + CRLF in one write.
-    pub fn command(&mut self, verb: &[u8], args: &[u64]) -> Result<()> {
+    pub async fn command(&mut self, verb: &[u8], args: &[u64]) -> Result<()> {
         self.wbuf.clear();
         self.wbuf.extend_from_slice(verb);
         let mut fmt = itoa::Buffer::new();
@@ -446,28 +531,32 @@ impl Conn {
             self.wbuf.extend_from_slice(fmt.format(*a).as_bytes());
         }
         self.wbuf.extend_from_slice(b"\r\n");
-        self.send_wbuf()
+        self.send_wbuf().await
     }
 
     /// Sends `verb arg` + CRLF (for USER/PASS).
-    pub fn command_str(&mut self, verb: &[u8], arg: &str) -> Result<()> {
+    pub async fn command_str(&mut self, verb: &[u8], arg: &str) -> Result<()> {
         self.wbuf.clear();
         self.wbuf.extend_from_slice(verb);
         self.wbuf.push(b' ');
         self.wbuf.extend_from_slice(arg.as_bytes());
         self.wbuf.extend_from_slice(b"\r\n");
-        self.send_wbuf()
+        self.send_wbuf().await
     }
 
-    fn send_wbuf(&mut self) -> Result<()> {
-        self.stream
-            .write_all(&self.wbuf)
-            .map_err(|e| io_error(&e, "write", ErrorKind::Io))
+    async fn send_wbuf(&mut self) -> Result<()> {
+        limited(
+            self.timeout,
+            "write",
+            ErrorKind::Io,
+            self.stream.write_all(&self.wbuf),
+        )
+        .await
     }
 
     /// Reads the greeting; a missing or negative greeting counts as a connect error.
-    pub fn greeting(&mut self) -> Result<()> {
-        let r = match self.status() {
+    pub async fn greeting(&mut self) -> Result<()> {
+        let r = match self.status().await {
             Ok(r) => r,
             Err(e) if e.kind == ErrorKind::Timeout => return Err(e),
             Err(e) => {
@@ -487,16 +576,16 @@ impl Conn {
     }
 
     /// USER + PASS.
-    pub fn login(&mut self, user: &str, password: &str) -> Result<()> {
-        self.command_str(b"USER", user)?;
-        if let Err(line) = self.status()? {
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<()> {
+        self.command_str(b"USER", user).await?;
+        if let Err(line) = self.status().await? {
             return Err(SessionError::new(
                 err_kind(line, ErrorKind::Auth),
                 format!("USER {user}: {}", show(line)),
             ));
         }
-        self.command_str(b"PASS", password)?;
-        if let Err(line) = self.status()? {
+        self.command_str(b"PASS", password).await?;
+        if let Err(line) = self.status().await? {
             return Err(SessionError::new(
                 err_kind(line, ErrorKind::Auth),
                 format!("PASS for {user}: {}", show(line)),
@@ -510,7 +599,7 @@ impl Conn {
     ///
     /// Only line starts that begin with `.` matter (stuffing or the terminator), so the scan
     /// looks for `"\n."` with a SIMD substring search instead of visiting every line.
-    pub fn read_body(&mut self) -> Result<u64> {
+    pub async fn read_body(&mut self) -> Result<u64> {
         static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
             std::sync::OnceLock::new();
         let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\n."));
@@ -519,7 +608,7 @@ impl Conn {
         let mut at_start = true;
         loop {
             if self.pos == self.end {
-                self.fill()?;
+                self.fill().await?;
             }
             if at_start && self.buf[self.pos] == b'.' {
                 // Need the octets after the dot to tell the terminator from stuffing.
@@ -528,7 +617,7 @@ impl Conn {
                     if avail >= 3 || (avail == 2 && self.buf[self.pos + 1] != b'\r') {
                         break;
                     }
-                    self.fill()?;
+                    self.fill().await?;
                 }
                 let rest = &self.buf[self.pos + 1..self.end];
                 if rest.starts_with(b"\r\n") {
@@ -562,9 +651,9 @@ impl Conn {
     }
 
     /// Reads a multi-line listing (LIST/UIDL) and calls `f` for each un-stuffed line.
-    pub fn read_lines(&mut self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    pub async fn read_lines(&mut self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         loop {
-            let line = self.read_line()?;
+            let line = self.read_line().await?;
             if line == b"." {
                 return Ok(());
             }
@@ -575,32 +664,37 @@ impl Conn {
 
     /// Sends QUIT, expects `+OK`, then waits (at most `linger`) for the server to close, so
     /// the server has released the maildrop before the user is handed to another session.
-    pub fn quit(mut self, linger: Duration) -> Result<()> {
-        self.command(b"QUIT", &[])?;
-        self.expect_ok("QUIT")?;
-        let _ = self.stream.tcp().set_read_timeout(Some(linger));
-        if let Stream::Tls(s) = &mut self.stream {
-            // As clients do on an orderly close; then the server's close ends the read loop.
-            s.conn.send_close_notify();
-            let _ = s.flush();
-        }
-        let mut scratch = [0u8; 256];
-        loop {
-            match self.stream.read(&mut scratch) {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(_) => continue,
+    pub async fn quit(mut self, linger: Duration) -> Result<()> {
+        self.command(b"QUIT", &[]).await?;
+        self.expect_ok("QUIT").await?;
+        let drain = async {
+            if let Stream::Tls(s) = &mut self.stream {
+                // As clients do on an orderly close; then the server's close ends the read loop.
+                s.get_mut().1.send_close_notify();
+                let _ = s.flush().await;
             }
-        }
+            let mut scratch = [0u8; 256];
+            while let Ok(1..) = self.stream.read(&mut scratch).await {}
+        };
+        let _ = tokio::time::timeout(linger, drain).await;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loadgen::block_on;
     use std::net::TcpListener;
 
-    /// A connection whose server side writes `script` (in `chunk`-sized pieces) and closes.
-    fn conn_reading(script: Vec<u8>, chunk: usize, buf: usize) -> Conn {
+    /// Runs `f` on a connection whose server side writes `script` (in `chunk`-sized pieces)
+    /// and closes.
+    fn with_conn_reading<T>(
+        script: Vec<u8>,
+        chunk: usize,
+        buf: usize,
+        f: impl AsyncFnOnce(&mut Conn) -> T,
+    ) -> T {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
@@ -612,9 +706,14 @@ mod tests {
                 std::thread::sleep(Duration::from_micros(200));
             }
         });
-        let c = Conn::connect(addr, Duration::from_secs(5), buf).unwrap();
-        t.join().unwrap();
-        c
+        block_on(async {
+            let mut c = Conn::connect(addr, Duration::from_secs(5), buf)
+                .await
+                .unwrap();
+            let r = f(&mut c).await;
+            t.join().unwrap();
+            r
+        })
     }
 
     #[test]
@@ -622,11 +721,12 @@ mod tests {
         // Message "a\r\n.b\r\n..\r\nlast" has wire form with stuffing plus added CRLF.
         let wire = b"+OK 15 octets\r\na\r\n..b\r\n...\r\nlast\r\n.\r\n+OK next\r\n".to_vec();
         for chunk in [1, 2, 3, 5, 1000] {
-            let mut c = conn_reading(wire.clone(), chunk, 1024);
-            let st = c.expect_ok("RETR").unwrap().to_vec();
-            assert_eq!(first_number(&st), Some(15));
-            assert_eq!(c.read_body().unwrap(), 3 + 4 + 4 + 6, "chunk {chunk}");
-            assert_eq!(c.expect_ok("x").unwrap(), b"next");
+            with_conn_reading(wire.clone(), chunk, 1024, async |c| {
+                let st = c.expect_ok("RETR").await.unwrap().to_vec();
+                assert_eq!(first_number(&st), Some(15));
+                assert_eq!(c.read_body().await.unwrap(), 3 + 4 + 4 + 6, "chunk {chunk}");
+                assert_eq!(c.expect_ok("x").await.unwrap(), b"next");
+            });
         }
     }
 
@@ -650,10 +750,11 @@ mod tests {
             }
             wire.extend_from_slice(b".\r\n+OK after\r\n");
             let chunk = rng.gen_range(1..9);
-            let mut c = conn_reading(wire, chunk, 1024);
-            c.expect_ok("RETR").unwrap();
-            assert_eq!(c.read_body().unwrap(), expected);
-            assert_eq!(c.expect_ok("x").unwrap(), b"after");
+            with_conn_reading(wire, chunk, 1024, async |c| {
+                c.expect_ok("RETR").await.unwrap();
+                assert_eq!(c.read_body().await.unwrap(), expected);
+                assert_eq!(c.expect_ok("x").await.unwrap(), b"after");
+            });
         }
     }
 
@@ -662,24 +763,29 @@ mod tests {
         let mut wire = b"+OK\r\n".to_vec();
         wire.extend(std::iter::repeat_n(b'x', 5000));
         wire.extend_from_slice(b"\r\n.\r\n");
-        let mut c = conn_reading(wire, 700, 1024);
-        c.expect_ok("RETR").unwrap();
-        assert_eq!(c.read_body().unwrap(), 5002);
+        with_conn_reading(wire, 700, 1024, async |c| {
+            c.expect_ok("RETR").await.unwrap();
+            assert_eq!(c.read_body().await.unwrap(), 5002);
+        });
     }
 
     #[test]
     fn listing_and_errors() {
         let wire = b"+OK\r\n1 100\r\n2 200\r\n.\r\n-ERR [IN-USE] locked\r\n".to_vec();
-        let mut c = conn_reading(wire, 4, 1024);
-        c.expect_ok("LIST").unwrap();
-        let mut sizes = Vec::new();
-        c.read_lines(|l| {
-            sizes.push(first_number(&l[2..]).unwrap());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(sizes, [100, 200]);
-        assert!(c.status().unwrap().is_err());
+        with_conn_reading(wire, 4, 1024, async |c| {
+            c.expect_ok("LIST").await.unwrap();
+            let mut sizes = Vec::new();
+            c.read_lines(|l| {
+                sizes.push(first_number(&l[2..]).unwrap());
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(sizes, [100, 200]);
+            assert!(c.status().await.unwrap().is_err());
+            let e = c.read_line().await.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Io);
+        });
         assert_eq!(
             err_kind(b"-ERR [IN-USE] x", ErrorKind::Auth),
             ErrorKind::InUse
@@ -689,8 +795,6 @@ mod tests {
             ErrorKind::Sys
         );
         assert_eq!(err_kind(b"-ERR nope", ErrorKind::Auth), ErrorKind::Auth);
-        let e = c.read_line().unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Io);
     }
 
     #[test]

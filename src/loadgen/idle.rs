@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::client::{Conn, ErrorKind, Stream};
+use super::client::{Conn, ErrorKind, Held, SessionError};
 use super::tls::TlsClient;
 use super::users::User;
 use super::ErrorLog;
@@ -38,7 +38,7 @@ pub struct IdleCfg {
 
 /// The result of opening a batch of idle connections.
 pub struct Opened {
-    pub streams: Vec<Stream>,
+    pub streams: Vec<Held>,
     pub failed: [u64; ErrorKind::COUNT],
 }
 
@@ -55,32 +55,39 @@ pub fn open_local(cfg: &IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
                         streams: Vec::with_capacity(part.len()),
                         failed: [0; ErrorKind::COUNT],
                     };
+                    let rt = match super::runtime() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            errors.record(&SessionError::new(ErrorKind::Connect, e.to_string()));
+                            out.failed[ErrorKind::Connect.index()] += part.len() as u64;
+                            return out;
+                        }
+                    };
                     for u in part {
-                        let open = || {
-                            let r = Conn::open(cfg.addr, cfg.timeout, 1024, cfg.tls.as_ref());
-                            r.and_then(|mut c| {
-                                if cfg.login {
-                                    c.login(&u.name, &u.password)?;
-                                }
-                                Ok(c)
-                            })
+                        let open = || async {
+                            let mut c =
+                                Conn::open(cfg.addr, cfg.timeout, 1024, cfg.tls.as_ref()).await?;
+                            if cfg.login {
+                                c.login(&u.name, &u.password).await?;
+                            }
+                            c.into_held()
                         };
                         // The previous run's connection of the same user sent QUIT without
                         // waiting for the reply ([`close_all`]); until the server has
                         // processed it the maildrop is still locked. Not what is measured:
                         // retry for up to ~2 s.
-                        let mut r = open();
+                        let mut r = rt.block_on(open());
                         for _ in 0..IN_USE_RETRIES {
                             match &r {
                                 Err(e) if e.kind == ErrorKind::InUse => {
                                     std::thread::sleep(Duration::from_millis(50));
-                                    r = open();
+                                    r = rt.block_on(open());
                                 }
                                 _ => break,
                             }
                         }
                         match r {
-                            Ok(c) => out.streams.push(c.into_stream()),
+                            Ok(c) => out.streams.push(c),
                             Err(e) => {
                                 out.failed[e.kind.index()] += 1;
                                 errors.record(&e);
@@ -111,13 +118,9 @@ pub fn open_local(cfg: &IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
 
 /// Counts the connections that are still open and silent, then sends QUIT on all of them
 /// (without waiting for replies) and closes them.
-pub fn close_all(streams: Vec<Stream>) -> usize {
+pub fn close_all(streams: Vec<Held>) -> usize {
     let mut streams = streams;
-    let alive = streams
-        .iter_mut()
-        .map(Stream::is_idle)
-        .filter(|i| *i)
-        .count();
+    let alive = streams.iter_mut().map(Held::is_idle).filter(|i| *i).count();
     for mut s in streams {
         s.send_quit_nonblocking();
     }

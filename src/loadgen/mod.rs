@@ -1,9 +1,13 @@
 //! `corepop bench`: a closed-loop POP3 load generator for any POP3 server.
 //!
-//! Each of `--concurrency` worker threads runs POP3 sessions back to back over blocking
-//! sockets (no glommio here: the generator must not share the server's runtime or its
-//! quirks). A session takes the next free user from a FIFO pool and returns it when done, so
-//! users are used round-robin and never by two sessions at once (POP3 servers lock a
+//! Each of `--concurrency` worker tasks runs POP3 sessions back to back. The tasks are spread
+//! over `--threads` threads (default: one per CPU), each a single-threaded tokio event loop
+//! over non-blocking sockets. (It used to be one blocking thread per connection: at 256
+//! connections that cost ~0.73 ms of the generator's CPU per full-download session against
+//! ~0.56 ms now, on cores the server under test shares; docs/benchmarks.md §1. No glommio
+//! here: the generator must not share the server's runtime or its quirks.) A session takes
+//! the next free user from a FIFO pool and returns it when done, so users are used
+//! round-robin and never by two sessions at once (POP3 servers lock a
 //! maildrop per session). Every RETR body is checked against the sizes the server announced.
 //!
 //! Measurement: after `--warmup` seconds the counters are snapshot; the window ends after
@@ -55,9 +59,13 @@ pub struct BenchArgs {
     /// Logins: `user:password` lines, or a Dovecot passwd-file with {PLAIN} passwords.
     #[arg(long, value_name = "FILE")]
     pub users: PathBuf,
-    /// Worker threads, each running one session at a time (0: only hold --idle connections).
+    /// Sessions run at once, each on its own connection (0: only hold --idle connections).
     #[arg(long, short = 'c', default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
+    /// Load generator threads; the --concurrency sessions are tasks spread over them, each
+    /// thread an event loop (epoll) of its own [default: one per online CPU].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Length of the measurement window after the warmup [default: 10].
     #[arg(long, value_name = "SECS", conflicts_with = "sessions")]
     pub duration: Option<f64>,
@@ -402,22 +410,57 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rand::random);
 
     let start = Instant::now();
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for id in 0..args.concurrency {
+    // Sessions are tasks, spread evenly over the threads; each thread runs its own
+    // single-threaded event loop, so a session never moves between threads.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args
+        .threads
+        .unwrap_or(cpus)
+        .clamp(1, args.concurrency.max(1));
+    let mut workers = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let tasks: Vec<usize> = (t..args.concurrency).step_by(threads).collect();
         let shared = Arc::clone(&shared);
         let cfg = Arc::clone(&cfg);
         let users = Arc::clone(&users);
         let (tx, rx) = (pool_tx.clone(), pool_rx.clone());
-        let rng_seed = seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let h = std::thread::Builder::new()
-            .name(format!("bench-{id}"))
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let h = worker(&shared, &cfg, &users, &tx, &rx, rng_seed);
-                shared.workers_left.fetch_sub(1, Relaxed);
-                h
+            .name(format!("bench-{t}"))
+            .spawn(move || -> anyhow::Result<Hists> {
+                let rt = runtime()?;
+                let local = tokio::task::LocalSet::new();
+                let hists = local.block_on(&rt, async move {
+                    let handles: Vec<_> = tasks
+                        .into_iter()
+                        .map(|id| {
+                            let rng_seed = seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                            let w = worker(
+                                Arc::clone(&shared),
+                                Arc::clone(&cfg),
+                                Arc::clone(&users),
+                                tx.clone(),
+                                rx.clone(),
+                                rng_seed,
+                            );
+                            let shared = Arc::clone(&shared);
+                            tokio::task::spawn_local(async move {
+                                let h = w.await;
+                                shared.workers_left.fetch_sub(1, Relaxed);
+                                h
+                            })
+                        })
+                        .collect();
+                    let mut all = Hists::default();
+                    for h in handles {
+                        if let Ok(h) = h.await {
+                            all.merge(&h);
+                        }
+                    }
+                    all
+                });
+                Ok(hists)
             })
-            .context("starting a worker thread")?;
+            .context("starting a load generator thread")?;
         workers.push(h);
     }
     drop((pool_tx, pool_rx));
@@ -457,7 +500,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for w in workers {
         let h = w
             .join()
-            .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+            .map_err(|_| anyhow::anyhow!("a load generator thread panicked"))??;
         hists.merge(&h);
     }
     progress_done.store(true, Relaxed);
@@ -500,38 +543,42 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Takes the next free user, or `None` once the run is stopping.
-fn take_user(shared: &Shared, rx: &channel::Receiver<usize>) -> Option<usize> {
+async fn take_user(shared: &Shared, rx: &channel::Receiver<usize>) -> Option<usize> {
     loop {
         if shared.phase.load(Relaxed) == STOP {
             return None;
         }
-        match rx.recv_timeout(Duration::from_millis(50)) {
+        match rx.try_recv() {
             Ok(u) => return Some(u),
-            Err(channel::RecvTimeoutError::Timeout) => continue,
-            Err(channel::RecvTimeoutError::Disconnected) => return None,
+            // More workers than users: wait for one to come back.
+            Err(channel::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(channel::TryRecvError::Disconnected) => return None,
         }
     }
 }
 
-fn failed(shared: &Shared, e: &SessionError) {
+async fn failed(shared: &Shared, e: &SessionError) {
     shared.counters.sessions_failed.fetch_add(1, Relaxed);
     shared.counters.error(e.kind);
     shared.errors.record(e);
     // Do not spin on a server that refuses everything.
-    std::thread::sleep(Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
-fn worker(
-    shared: &Shared,
-    cfg: &SessionCfg,
-    users: &[User],
-    tx: &channel::Sender<usize>,
-    rx: &channel::Receiver<usize>,
+/// One worker task: sessions back to back until the run stops.
+async fn worker(
+    shared: Arc<Shared>,
+    cfg: Arc<SessionCfg>,
+    users: Arc<Vec<User>>,
+    tx: channel::Sender<usize>,
+    rx: channel::Receiver<usize>,
     seed: u64,
 ) -> Hists {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut h = Hists::default();
-    while let Some(u) = take_user(shared, rx) {
+    while let Some(u) = take_user(&shared, &rx).await {
         let mut ticketed = false;
         if let Some(limit) = shared.session_limit {
             if shared.phase.load(Relaxed) == MEASURE {
@@ -543,9 +590,9 @@ fn worker(
             }
         }
         if cfg.mode == Mode::Idle {
-            noop_loop(shared, cfg, &users[u], &mut h);
+            noop_loop(&shared, &cfg, &users[u], &mut h).await;
         } else {
-            let r = session::run(cfg, &users[u], &mut rng, &shared.counters);
+            let r = session::run(&cfg, &users[u], &mut rng, &shared.counters).await;
             let counted = shared.phase.load(Relaxed) == MEASURE
                 && (shared.session_limit.is_none() || ticketed);
             match r {
@@ -556,7 +603,7 @@ fn worker(
                         h.login.record(o.login);
                     }
                 }
-                Err(e) => failed(shared, &e),
+                Err(e) => failed(&shared, &e).await,
             }
         }
         let _ = tx.send(u);
@@ -568,34 +615,49 @@ fn worker(
 }
 
 /// `--mode idle`: log in once, then NOOP round trips until the run stops.
-fn noop_loop(shared: &Shared, cfg: &SessionCfg, user: &User, h: &mut Hists) {
+async fn noop_loop(shared: &Shared, cfg: &SessionCfg, user: &User, h: &mut Hists) {
     let t0 = Instant::now();
-    let mut c = match session::open(cfg, user, &shared.counters) {
+    let mut c = match session::open(cfg, user, &shared.counters).await {
         Ok(c) => c,
-        Err(e) => return failed(shared, &e),
+        Err(e) => return failed(shared, &e).await,
     };
     if shared.phase.load(Relaxed) == MEASURE {
         h.login.record(t0.elapsed());
     }
     while shared.phase.load(Relaxed) != STOP {
         let t = Instant::now();
-        let r = c
-            .command(b"NOOP", &[])
-            .and_then(|_| c.expect_ok("NOOP").map(|_| ()));
+        let r = match c.command(b"NOOP", &[]).await {
+            Ok(()) => c.expect_ok("NOOP").await.map(|_| ()),
+            Err(e) => Err(e),
+        };
         if let Err(e) = r {
-            return failed(shared, &e);
+            return failed(shared, &e).await;
         }
         shared.counters.noops.fetch_add(1, Relaxed);
         if shared.phase.load(Relaxed) == MEASURE {
             h.noop.record(t.elapsed());
         }
     }
-    match c.quit(cfg.linger()) {
+    match c.quit(cfg.linger()).await {
         Ok(()) => {
             shared.counters.sessions_ok.fetch_add(1, Relaxed);
         }
-        Err(e) => failed(shared, &e),
+        Err(e) => failed(shared, &e).await,
     }
+}
+
+/// A single-threaded tokio runtime with sockets and timers: one per load generator thread.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("starting an event loop")
+}
+
+/// Runs `f` to completion on a fresh [`runtime`] (idle connection set-up, tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().expect("event loop").block_on(f)
 }
 
 fn progress_loop(shared: &Shared, done: &AtomicBool, start: Instant, mode: Mode) {

@@ -138,15 +138,15 @@ pub struct Outcome {
 
 /// Connects (with TLS as configured), reads the greeting and logs in. Counts the TLS
 /// handshake.
-pub fn open(cfg: &SessionCfg, user: &User, counters: &Counters) -> Result<Conn> {
-    let mut c = Conn::open(cfg.addr, cfg.timeout, cfg.buf_size, cfg.tls.as_ref())?;
+pub async fn open(cfg: &SessionCfg, user: &User, counters: &Counters) -> Result<Conn> {
+    let mut c = Conn::open(cfg.addr, cfg.timeout, cfg.buf_size, cfg.tls.as_ref()).await?;
     if let Some(resumed) = c.tls_resumed() {
         counters.tls_handshakes.fetch_add(1, Relaxed);
         if resumed {
             counters.tls_resumed.fetch_add(1, Relaxed);
         }
     }
-    c.login(&user.name, &user.password)?;
+    c.login(&user.name, &user.password).await?;
     Ok(c)
 }
 
@@ -188,9 +188,9 @@ fn check_size(msg: u64, got: u64, status: Option<u64>, list: Option<u64>) -> Res
 }
 
 /// The message sizes from LIST, checked against STAT.
-fn list(c: &mut Conn, count: u64, total: u64) -> Result<Vec<u64>> {
-    c.command(b"LIST", &[])?;
-    c.expect_ok("LIST")?;
+async fn list(c: &mut Conn, count: u64, total: u64) -> Result<Vec<u64>> {
+    c.command(b"LIST", &[]).await?;
+    c.expect_ok("LIST").await?;
     let mut sizes = Vec::with_capacity(count as usize);
     c.read_lines(|line| {
         let mut w = line.split(|b| *b == b' ').filter(|w| !w.is_empty());
@@ -206,7 +206,8 @@ fn list(c: &mut Conn, count: u64, total: u64) -> Result<Vec<u64>> {
                 format!("unexpected LIST line {:?}", show(line)),
             )),
         }
-    })?;
+    })
+    .await?;
     if sizes.len() as u64 != count || sizes.iter().sum::<u64>() != total {
         return Err(SessionError::new(
             ErrorKind::Protocol,
@@ -221,34 +222,35 @@ fn list(c: &mut Conn, count: u64, total: u64) -> Result<Vec<u64>> {
 }
 
 /// RETR one message, verifying its size; returns the body length.
-fn retr(c: &mut Conn, msg: u64, list_size: Option<u64>) -> Result<u64> {
-    c.command(b"RETR", &[msg])?;
-    let announced = first_number(c.expect_ok("RETR")?);
-    let got = c.read_body()?;
+async fn retr(c: &mut Conn, msg: u64, list_size: Option<u64>) -> Result<u64> {
+    c.command(b"RETR", &[msg]).await?;
+    let announced = first_number(c.expect_ok("RETR").await?);
+    let got = c.read_body().await?;
     check_size(msg, got, announced, list_size)?;
     Ok(got)
 }
 
 /// Runs one whole session (every mode except [`Mode::Idle`]).
-pub fn run(
+pub async fn run(
     cfg: &SessionCfg,
     user: &User,
     rng: &mut impl Rng,
     counters: &Counters,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let mut c = open(cfg, user, counters)?;
+    let mut c = open(cfg, user, counters).await?;
     let login = t0.elapsed();
 
-    c.command(b"STAT", &[])?;
-    let (count, total) = parse_stat(c.expect_ok("STAT")?)?;
-    c.command(b"UIDL", &[])?;
-    c.expect_ok("UIDL")?;
+    c.command(b"STAT", &[]).await?;
+    let (count, total) = parse_stat(c.expect_ok("STAT").await?)?;
+    c.command(b"UIDL", &[]).await?;
+    c.expect_ok("UIDL").await?;
     let mut uidls = 0u64;
     c.read_lines(|_| {
         uidls += 1;
         Ok(())
-    })?;
+    })
+    .await?;
     if uidls != count {
         return Err(SessionError::new(
             ErrorKind::Protocol,
@@ -258,7 +260,7 @@ pub fn run(
 
     match cfg.mode {
         Mode::Full | Mode::RetrSample => {
-            let sizes = list(&mut c, count, total)?;
+            let sizes = list(&mut c, count, total).await?;
             let picked: Vec<u64> = if cfg.mode == Mode::Full {
                 (1..=count).collect()
             } else if count == 0 {
@@ -273,27 +275,27 @@ pub fn run(
                 v
             };
             for msg in picked {
-                let got = retr(&mut c, msg, Some(sizes[msg as usize - 1]))?;
+                let got = retr(&mut c, msg, Some(sizes[msg as usize - 1])).await?;
                 counters.messages.fetch_add(1, Relaxed);
                 counters.bytes.fetch_add(got, Relaxed);
                 if cfg.dele {
-                    c.command(b"DELE", &[msg])?;
-                    c.expect_ok("DELE")?;
+                    c.command(b"DELE", &[msg]).await?;
+                    c.expect_ok("DELE").await?;
                 }
             }
         }
         Mode::Top => {
             for msg in 1..=count {
-                c.command(b"TOP", &[msg, cfg.top_lines])?;
-                c.expect_ok("TOP")?;
-                let got = c.read_body()?;
+                c.command(b"TOP", &[msg, cfg.top_lines]).await?;
+                c.expect_ok("TOP").await?;
+                let got = c.read_body().await?;
                 counters.messages.fetch_add(1, Relaxed);
                 counters.bytes.fetch_add(got, Relaxed);
             }
         }
         Mode::Login | Mode::Idle => {}
     }
-    c.quit(cfg.linger())?;
+    c.quit(cfg.linger()).await?;
     Ok(Outcome {
         login,
         total: t0.elapsed(),
@@ -365,7 +367,7 @@ mod tests {
         };
         let counters = Counters::default();
         let mut rng = rand::rngs::mock::StepRng::new(0, 1);
-        let r = run(&cfg, &user, &mut rng, &counters);
+        let r = crate::loadgen::block_on(run(&cfg, &user, &mut rng, &counters));
         (r, counters)
     }
 

@@ -1,5 +1,5 @@
 //! TLS for the load generator (`--tls implicit|starttls`): the one shared rustls
-//! [`ClientConfig`], the handshake, and the socket wrapper the TLS layer reads through.
+//! [`ClientConfig`] and the handshake.
 //!
 //! All workers share one `ClientConfig`, so rustls's in-memory session cache lets a new
 //! connection resume a session an earlier one was given (what a real client polling the same
@@ -7,20 +7,20 @@
 //! Certificates are verified against `--tls-ca`, or not at all with `--tls-insecure` (the
 //! handshake signature is still checked, so the client's handshake work stays realistic).
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::TcpStream;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, RootCertStore,
-    SignatureScheme, StreamOwned,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::client::{ErrorKind, Result, SessionError};
 
@@ -54,7 +54,7 @@ pub struct TlsClient {
     pub server_name: ServerName<'static>,
 }
 
-/// Largest read-ahead of the socket under TLS (see [`TlsSock`]).
+/// Largest read-ahead of the socket under TLS (see [`TlsIo`]).
 pub const READ_AHEAD: usize = 32 * 1024;
 
 /// How certificates are checked.
@@ -108,86 +108,40 @@ impl TlsClient {
         })
     }
 
-    /// Runs the handshake over `tcp` (with the socket's timeouts already set); the socket
-    /// wrapper reads up to `read_ahead` octets at once.
-    pub fn handshake(&self, tcp: TcpStream, read_ahead: usize) -> Result<Box<TlsStream>> {
-        let conn = ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())
-            .map_err(|e| SessionError::new(ErrorKind::Tls, format!("TLS setup: {e}")))?;
-        let mut s = Box::new(StreamOwned::new(conn, TlsSock::new(tcp, read_ahead)));
-        while s.conn.is_handshaking() {
-            if let Err(e) = s.conn.complete_io(&mut s.sock) {
+    /// Runs the handshake over `tcp`, within `limit`; the TLS layer reads the socket through
+    /// a buffer of `read_ahead` octets.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        read_ahead: usize,
+        limit: Duration,
+    ) -> Result<Box<TlsIo>> {
+        let io = BufReader::with_capacity(read_ahead.max(1024), tcp);
+        let connector = TlsConnector::from(Arc::clone(&self.config));
+        match tokio::time::timeout(limit, connector.connect(self.server_name.clone(), io)).await {
+            Ok(Ok(s)) => Ok(Box::new(s)),
+            Ok(Err(e)) => {
                 let kind = match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ErrorKind::Timeout,
                     _ => ErrorKind::Tls,
                 };
-                return Err(SessionError::new(kind, format!("TLS handshake: {e}")));
+                Err(SessionError::new(kind, format!("TLS handshake: {e}")))
             }
+            Err(_) => Err(SessionError::new(
+                ErrorKind::Timeout,
+                format!("TLS handshake: no progress in {limit:?}"),
+            )),
         }
-        Ok(s)
     }
 }
 
-/// A TLS connection as the client sees it.
-pub type TlsStream = StreamOwned<ClientConnection, TlsSock>;
+/// A TLS connection as the client sees it. rustls asks for at most 4 KiB at a time; the
+/// buffer under it saves three or more `read` calls per full 16 KiB record.
+pub type TlsIo = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
 
 /// Whether a finished handshake resumed a session.
-pub fn resumed(s: &TlsStream) -> bool {
-    s.conn.handshake_kind() == Some(HandshakeKind::Resumed)
-}
-
-/// The TCP socket under rustls, with a read-ahead buffer: rustls asks for at most 4 KiB at a
-/// time, which would cost four or more `read` calls per full 16 KiB record.
-pub struct TlsSock {
-    pub tcp: TcpStream,
-    buf: Box<[u8]>,
-    pos: usize,
-    end: usize,
-}
-
-impl TlsSock {
-    fn new(tcp: TcpStream, read_ahead: usize) -> TlsSock {
-        TlsSock {
-            tcp,
-            buf: vec![0; read_ahead.max(1024)].into_boxed_slice(),
-            pos: 0,
-            end: 0,
-        }
-    }
-
-    /// Octets read from the socket that rustls has not taken yet.
-    pub fn buffered(&self) -> usize {
-        self.end - self.pos
-    }
-}
-
-impl Read for TlsSock {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.end {
-            if out.len() >= self.buf.len() {
-                return self.tcp.read(out);
-            }
-            self.pos = 0;
-            self.end = self.tcp.read(&mut self.buf)?;
-        }
-        let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-impl Write for TlsSock {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.tcp.write(b)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.tcp.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+pub fn resumed(s: &TlsIo) -> bool {
+    s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed)
 }
 
 /// `--tls-insecure`: any certificate is accepted, but the handshake signature made with its
@@ -253,8 +207,9 @@ mod tests {
         IsCa, KeyPair, KeyUsagePurpose,
     };
     use rustls::pki_types::PrivateKeyDer;
-    use rustls::{ServerConfig, ServerConnection};
-    use std::net::{SocketAddr, TcpListener};
+    use rustls::{ServerConfig, ServerConnection, StreamOwned};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -472,7 +427,7 @@ mod tests {
         let counters = Counters::default();
         let mut rng = rand::rngs::mock::StepRng::new(0, 1);
         for _ in 0..sessions {
-            session::run(&cfg, &user(), &mut rng, &counters).unwrap();
+            crate::loadgen::block_on(session::run(&cfg, &user(), &mut rng, &counters)).unwrap();
             assert_eq!(events.recv().unwrap(), "QUIT");
         }
         counters
@@ -518,7 +473,8 @@ mod tests {
 
     fn open_err(pki: &Pki, mode: TlsMode, tls: TlsClient, refuse_stls: bool) -> SessionError {
         let (addr, _events) = serve(pki, mode, 1, refuse_stls);
-        match Conn::open(addr, Duration::from_secs(20), 4096, Some(&tls)) {
+        match crate::loadgen::block_on(Conn::open(addr, Duration::from_secs(20), 4096, Some(&tls)))
+        {
             Ok(_) => panic!("connection with {tls:?} succeeded"),
             Err(e) => e,
         }
