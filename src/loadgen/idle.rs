@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::client::{Conn, ErrorKind, Held, SessionError};
+use super::client::{idle_source, Conn, ErrorKind, Held, SessionError};
 use super::tls::TlsClient;
 use super::users::User;
 use super::ErrorLog;
@@ -42,14 +42,16 @@ pub struct Opened {
     pub failed: [u64; ErrorKind::COUNT],
 }
 
-/// Opens one idle connection per user, with a few threads.
-pub fn open_local(cfg: &IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
+/// Opens one idle connection per user, with a few threads. `first` is the index of
+/// `users[0]` among all idle users (it picks the source addresses, [`idle_source`]).
+pub fn open_local(cfg: &IdleCfg, users: &[User], first: usize, errors: &ErrorLog) -> Opened {
     let threads = (users.len() / 256).clamp(1, 16);
     let chunk = users.len().div_ceil(threads).max(1);
     let results: Vec<Opened> = std::thread::scope(|s| {
         let handles: Vec<_> = users
             .chunks(chunk)
-            .map(|part| {
+            .enumerate()
+            .map(|(n, part)| {
                 s.spawn(move || {
                     let mut out = Opened {
                         streams: Vec::with_capacity(part.len()),
@@ -63,10 +65,12 @@ pub fn open_local(cfg: &IdleCfg, users: &[User], errors: &ErrorLog) -> Opened {
                             return out;
                         }
                     };
-                    for u in part {
+                    for (i, u) in part.iter().enumerate() {
+                        let source = idle_source(cfg.addr, first + n * chunk + i);
                         let open = || async {
                             let mut c =
-                                Conn::open(cfg.addr, cfg.timeout, 1024, cfg.tls.as_ref()).await?;
+                                Conn::open(cfg.addr, source, cfg.timeout, 1024, cfg.tls.as_ref())
+                                    .await?;
                             if cfg.login {
                                 c.login(&u.name, &u.password).await?;
                             }
@@ -169,7 +173,7 @@ pub fn child_main(cfg: IdleCfg, users: &[User], spec: &str) -> anyhow::Result<()
     };
     let errors = ErrorLog::default();
     let t0 = Instant::now();
-    let opened = open_local(&cfg, mine, &errors);
+    let opened = open_local(&cfg, mine, start, &errors);
     errors.print_to_stderr("idle worker");
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -377,7 +377,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         } else {
             let log = ErrorLog::default();
-            let opened = idle::open_local(&idle_cfg, &idle_users, &log);
+            let opened = idle::open_local(&idle_cfg, &idle_users, 0, &log);
             log.print_to_stderr("bench: idle");
             rep.opened = opened.streams.len();
             rep.failed = opened.failed;

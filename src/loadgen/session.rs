@@ -139,7 +139,7 @@ pub struct Outcome {
 /// Connects (with TLS as configured), reads the greeting and logs in. Counts the TLS
 /// handshake.
 pub async fn open(cfg: &SessionCfg, user: &User, counters: &Counters) -> Result<Conn> {
-    let mut c = Conn::open(cfg.addr, cfg.timeout, cfg.buf_size, cfg.tls.as_ref()).await?;
+    let mut c = Conn::open(cfg.addr, None, cfg.timeout, cfg.buf_size, cfg.tls.as_ref()).await?;
     if let Some(resumed) = c.tls_resumed() {
         counters.tls_handshakes.fetch_add(1, Relaxed);
         if resumed {

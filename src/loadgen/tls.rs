@@ -473,8 +473,13 @@ mod tests {
 
     fn open_err(pki: &Pki, mode: TlsMode, tls: TlsClient, refuse_stls: bool) -> SessionError {
         let (addr, _events) = serve(pki, mode, 1, refuse_stls);
-        match crate::loadgen::block_on(Conn::open(addr, Duration::from_secs(20), 4096, Some(&tls)))
-        {
+        match crate::loadgen::block_on(Conn::open(
+            addr,
+            None,
+            Duration::from_secs(20),
+            4096,
+            Some(&tls),
+        )) {
             Ok(_) => panic!("connection with {tls:?} succeeded"),
             Err(e) => e,
         }
@@ -531,7 +536,7 @@ mod tests {
                 tls: Some(TlsClient::new(mode, Verify::Ca(&pki.ca), "localhost", true).unwrap()),
             };
             let log = ErrorLog::default();
-            let opened = open_local(&cfg, &[user(), user()], &log);
+            let opened = open_local(&cfg, &[user(), user()], 0, &log);
             assert_eq!(opened.streams.len(), 2, "{mode:?} login={login}");
             assert_eq!(close_all(opened.streams), 2, "{mode:?} login={login}");
             // QUIT arrived, encrypted, on both.
