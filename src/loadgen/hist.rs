@@ -1,7 +1,7 @@
 //! A small log-bucketed latency histogram (HDR-like, about 1.6 % relative error).
 //!
 //! Values are recorded in microseconds. Values below 128 are kept exactly; above that each
-//! power of two is split into 64 linear sub-buckets. Histograms are per worker thread and
+//! power of two is split into 64 linear sub-buckets. Histograms are per worker task and
 //! merged at the end, so recording is a plain array increment.
 
 use std::time::Duration;
