@@ -343,6 +343,14 @@ pub fn idle_source(server: SocketAddr, k: usize) -> Option<IpAddr> {
     }
 }
 
+/// The index of the first `"\n."` in `s`. Searches for the dot alone (one SIMD compare per
+/// block, no hits at all in base64) and checks the byte before each: as a `"\n."` substring
+/// search this was 18 % of the load generator's CPU on a 20 MB message.
+fn line_dot(s: &[u8]) -> Option<usize> {
+    let rest = s.get(1..)?;
+    memchr::memchr_iter(b'.', rest).find(|&i| s[i] == b'\n')
+}
+
 /// `op` with the connection's time limit.
 async fn limited<T>(
     limit: Duration,
@@ -643,11 +651,8 @@ impl Conn {
     /// removing dot-stuffing, line terminators included as received.
     ///
     /// Only line starts that begin with `.` matter (stuffing or the terminator), so the scan
-    /// looks for `"\n."` with a SIMD substring search instead of visiting every line.
+    /// looks only for dots ([`line_dot`]) instead of visiting every line.
     pub async fn read_body(&mut self) -> Result<u64> {
-        static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
-            std::sync::OnceLock::new();
-        let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\n."));
         let mut total = 0u64;
         // True when the next octet starts a line.
         let mut at_start = true;
@@ -680,7 +685,7 @@ impl Conn {
                 }
             }
             let chunk = &self.buf[self.pos..self.end];
-            match finder.find(chunk) {
+            match line_dot(chunk) {
                 Some(i) => {
                     total += i as u64 + 1;
                     self.pos += i + 1;
@@ -857,6 +862,20 @@ mod tests {
         let (_s, peer) = l.accept().unwrap();
         assert_eq!(Some(peer.ip()), source);
         drop(c);
+    }
+
+    #[test]
+    fn line_dot_finds_the_first_dot_after_a_line_feed() {
+        assert_eq!(line_dot(b""), None);
+        assert_eq!(line_dot(b"."), None);
+        assert_eq!(line_dot(b"\n."), Some(0));
+        assert_eq!(line_dot(b"a.b.\nc\n.d\n."), Some(6));
+        assert_eq!(line_dot(b"no dots\r\nat line starts.\r\n"), None);
+        let mut long = vec![b'x'; 5000];
+        long[4000] = b'\n';
+        long[4001] = b'.';
+        long[100] = b'.';
+        assert_eq!(line_dot(&long), Some(4000));
     }
 
     #[test]
