@@ -451,14 +451,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                         })
                         .collect();
                     let mut all = Hists::default();
+                    let mut panicked = 0;
                     for h in handles {
-                        if let Ok(h) = h.await {
-                            all.merge(&h);
+                        match h.await {
+                            Ok(h) => all.merge(&h),
+                            Err(_) => panicked += 1,
                         }
                     }
-                    all
+                    (all, panicked)
                 });
-                Ok(hists)
+                match hists {
+                    (h, 0) => Ok(h),
+                    (_, n) => bail!("{n} load generator task(s) panicked"),
+                }
             })
             .context("starting a load generator thread")?;
         workers.push(h);
