@@ -13,6 +13,8 @@ use rustls::ClientConnection;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::protocol::spare::Spares;
+
 use super::tls::{self, TlsClient, TlsIo, TlsMode};
 
 /// What went wrong, for the per-kind error counters.
@@ -251,33 +253,25 @@ fn tls_is_idle(s: &mut HeldTls) -> bool {
 /// tasks: when a connection ends its buffer goes to the thread's spares, which the next
 /// connection takes, so a session does not pay for a fresh 128 KiB allocation (page faults
 /// and zeroing were ~5 % of the load generator's CPU in a full-download run).
-struct RecvBuf(Box<[u8]>);
-
-/// Spare buffers kept per thread: enough for every task of a large run.
-const SPARES: usize = 1024;
+struct RecvBuf(Vec<u8>);
 
 thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Spare receive buffers of this thread: enough for every task of a large run.
+    static SPARE: Spares = const { Spares::new(1024, usize::MAX) };
 }
 
 impl RecvBuf {
     fn new(size: usize) -> RecvBuf {
-        let spare = SPARE.with_borrow_mut(|s| match s.last() {
-            Some(b) if b.len() == size => s.pop(),
-            _ => None,
-        });
-        RecvBuf(spare.unwrap_or_else(|| vec![0; size].into_boxed_slice()))
+        match SPARE.with(Spares::take) {
+            Some(b) if b.len() == size => RecvBuf(b),
+            _ => RecvBuf(vec![0; size]),
+        }
     }
 }
 
 impl Drop for RecvBuf {
     fn drop(&mut self) {
-        let b = std::mem::take(&mut self.0);
-        SPARE.with_borrow_mut(|s| {
-            if s.len() < SPARES {
-                s.push(b);
-            }
-        });
+        SPARE.with(|s| s.give(std::mem::take(&mut self.0)));
     }
 }
 
@@ -351,8 +345,9 @@ fn line_dot(s: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'.', rest).find(|&i| s[i] == b'\n')
 }
 
-/// `op` with the connection's time limit.
-async fn limited<T>(
+/// `op` within `limit`; its I/O errors become `otherwise` (or [`ErrorKind::Timeout`]), and
+/// so does running out of time.
+pub(super) async fn limited<T>(
     limit: Duration,
     what: &str,
     otherwise: ErrorKind,

@@ -7,7 +7,6 @@
 //! Certificates are verified against `--tls-ca`, or not at all with `--tls-insecure` (the
 //! handshake signature is still checked, so the client's handshake work stays realistic).
 
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::client::{ErrorKind, Result, SessionError};
+use super::client::{limited, ErrorKind, Result};
 
 /// When the TLS handshake happens (`--tls`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,20 +117,9 @@ impl TlsClient {
     ) -> Result<Box<TlsIo>> {
         let io = BufReader::with_capacity(read_ahead.max(1024), tcp);
         let connector = TlsConnector::from(Arc::clone(&self.config));
-        match tokio::time::timeout(limit, connector.connect(self.server_name.clone(), io)).await {
-            Ok(Ok(s)) => Ok(Box::new(s)),
-            Ok(Err(e)) => {
-                let kind = match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ErrorKind::Timeout,
-                    _ => ErrorKind::Tls,
-                };
-                Err(SessionError::new(kind, format!("TLS handshake: {e}")))
-            }
-            Err(_) => Err(SessionError::new(
-                ErrorKind::Timeout,
-                format!("TLS handshake: no progress in {limit:?}"),
-            )),
-        }
+        let handshake = connector.connect(self.server_name.clone(), io);
+        let s = limited(limit, "TLS handshake", ErrorKind::Tls, handshake).await?;
+        Ok(Box::new(s))
     }
 }
 
@@ -198,6 +186,7 @@ impl ServerCertVerifier for AnyCertificate {
 mod tests {
     use super::*;
     use crate::loadgen::client::Conn;
+    use crate::loadgen::client::SessionError;
     use crate::loadgen::idle::{close_all, open_local, IdleCfg};
     use crate::loadgen::session::{self, Counters, Mode, SessionCfg};
     use crate::loadgen::users::User;
@@ -208,7 +197,7 @@ mod tests {
     };
     use rustls::pki_types::PrivateKeyDer;
     use rustls::{ServerConfig, ServerConnection, StreamOwned};
-    use std::io::{Read, Write};
+    use std::io::{self, Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::mpsc;
     use std::time::Duration;
