@@ -1230,18 +1230,33 @@ pub fn scram_client_proof(
     iterations: u32,
     auth_message: &[u8],
 ) -> Vec<u8> {
+    scram_client_answer(alg, password, salt, iterations, auth_message).0
+}
+
+/// What a SCRAM client computes from the password: its ClientProof and the ServerSignature
+/// it must see in the server-final message, with one `Hi()` for both.
+pub fn scram_client_answer(
+    alg: ScramAlg,
+    password: &[u8],
+    salt: &[u8],
+    iterations: u32,
+    auth_message: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
     let salted = match alg {
         ScramAlg::Sha1 => hi::<Sha1>(password, salt, iterations),
         ScramAlg::Sha256 => hi::<Sha256>(password, salt, iterations),
     };
     let client_key = hmac_alg(alg, &salted, &[b"Client Key"]);
+    let server_key = hmac_alg(alg, &salted, &[b"Server Key"]);
     let stored_key = alg.alg().digest(&[&client_key]);
     let signature = hmac_alg(alg, &stored_key, &[auth_message]);
-    client_key
+    let proof = client_key
         .iter()
         .zip(signature.iter())
         .map(|(a, b)| a ^ b)
-        .collect()
+        .collect();
+    let server_signature = hmac_alg(alg, &server_key, &[auth_message]).to_vec();
+    (proof, server_signature)
 }
 
 /// Dovecot hmac_md5_get_cram_context(): outer state a,b,c,d then inner
@@ -2043,6 +2058,8 @@ mod tests {
                 scram_client_proof(alg, b"pencil", &salt, 4096, am.as_bytes()),
                 proof
             );
+            let (p, v) = scram_client_answer(alg, b"pencil", &salt, 4096, am.as_bytes());
+            assert_eq!((p, STANDARD.encode(v)), (proof.clone(), sig.to_string()));
             let mut bad = proof.clone();
             bad[0] ^= 1;
             assert!(!scram_verify_proof(&secret, am.as_bytes(), &bad));

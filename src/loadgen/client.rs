@@ -122,8 +122,15 @@ pub fn first_number(s: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
+/// The `<...>` timestamp in a greeting, brackets included (RFC 1939 §7).
+fn apop_stamp(greeting: &[u8]) -> Option<String> {
+    let start = memchr::memchr(b'<', greeting)?;
+    let len = memchr::memchr(b'>', &greeting[start..])?;
+    String::from_utf8(greeting[start..=start + len].to_vec()).ok()
+}
+
 /// The kind for a `-ERR` line: `[SYS/...]` replies are the server's own failures.
-fn err_kind(line: &[u8], otherwise: ErrorKind) -> ErrorKind {
+pub(super) fn err_kind(line: &[u8], otherwise: ErrorKind) -> ErrorKind {
     if memchr::memmem::find(line, b"[SYS/").is_some() {
         ErrorKind::Sys
     } else if memchr::memmem::find(line, b"[IN-USE]").is_some() {
@@ -297,6 +304,8 @@ pub struct Conn {
     wbuf: Vec<u8>,
     /// Limit for the connect and for every later read and write.
     timeout: Duration,
+    /// The `<...>` timestamp of the greeting, for APOP.
+    stamp: Option<String>,
 }
 
 /// Connects to `addr`, from the address `source` when given. The local port is still chosen
@@ -389,6 +398,7 @@ impl Conn {
             end: 0,
             wbuf: Vec::with_capacity(128),
             timeout,
+            stamp: None,
         })
     }
 
@@ -437,6 +447,7 @@ impl Conn {
             buf,
             wbuf,
             timeout,
+            stamp,
             ..
         } = self;
         let Stream::Plain(tcp) = stream else {
@@ -452,6 +463,7 @@ impl Conn {
             end: 0,
             wbuf,
             timeout,
+            stamp,
         })
     }
 
@@ -592,6 +604,14 @@ impl Conn {
         self.send_wbuf().await
     }
 
+    /// Sends `line` + CRLF (a SASL response).
+    pub async fn send_line(&mut self, line: &[u8]) -> Result<()> {
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(line);
+        self.wbuf.extend_from_slice(b"\r\n");
+        self.send_wbuf().await
+    }
+
     async fn send_wbuf(&mut self) -> Result<()> {
         limited(
             self.timeout,
@@ -615,7 +635,10 @@ impl Conn {
             }
         };
         match r {
-            Ok(_) => Ok(()),
+            Ok(rest) => {
+                self.stamp = apop_stamp(rest);
+                Ok(())
+            }
             Err(line) => Err(SessionError::new(
                 ErrorKind::Connect,
                 format!("greeting: {}", show(line)),
@@ -623,23 +646,9 @@ impl Conn {
         }
     }
 
-    /// USER + PASS.
-    pub async fn login(&mut self, user: &str, password: &str) -> Result<()> {
-        self.command_str(b"USER", user).await?;
-        if let Err(line) = self.status().await? {
-            return Err(SessionError::new(
-                err_kind(line, ErrorKind::Auth),
-                format!("USER {user}: {}", show(line)),
-            ));
-        }
-        self.command_str(b"PASS", password).await?;
-        if let Err(line) = self.status().await? {
-            return Err(SessionError::new(
-                err_kind(line, ErrorKind::Auth),
-                format!("PASS for {user}: {}", show(line)),
-            ));
-        }
-        Ok(())
+    /// The greeting's `<...>` timestamp (RFC 1939 APOP), if it had one.
+    pub fn greeting_stamp(&self) -> Option<&str> {
+        self.stamp.as_deref()
     }
 
     /// Reads a multi-line body up to its terminating `.CRLF` and returns its length after

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use super::client::{idle_source, Conn, ErrorKind, Held, SessionError};
+use super::login::{login, Auth};
 use super::tls::TlsClient;
 use super::users::User;
 use super::ErrorLog;
@@ -30,9 +31,9 @@ const IN_USE_RETRIES: usize = 40;
 pub struct IdleCfg {
     pub addr: SocketAddr,
     pub timeout: Duration,
-    /// Log in (USER/PASS) or stop after the greeting (after STLS and the handshake with
-    /// `--tls starttls`).
-    pub login: bool,
+    /// Log in this way, or (`None`) stop after the greeting (after STLS and the handshake
+    /// with `--tls starttls`).
+    pub login: Option<Auth>,
     pub tls: Option<TlsClient>,
 }
 
@@ -71,8 +72,8 @@ pub fn open_local(cfg: &IdleCfg, users: &[User], first: usize, errors: &ErrorLog
                             let mut c =
                                 Conn::open(cfg.addr, source, cfg.timeout, 1024, cfg.tls.as_ref())
                                     .await?;
-                            if cfg.login {
-                                c.login(&u.name, &u.password).await?;
+                            if let Some(auth) = cfg.login {
+                                login(&mut c, &u.name, &u.password, auth).await?;
                             }
                             c.into_held()
                         };

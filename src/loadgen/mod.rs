@@ -21,13 +21,14 @@
 //!
 //! Modules: [`client`] (the POP3 wire client), [`session`] (what a session does per mode, and
 //! the live counters), [`idle`] (`--idle` connections, spread over child processes when
-//! many), [`hist`] (latency histograms), [`cpu`] (server CPU from `/proc`), [`report`]
+//! many), [`login`] (USER/PASS, APOP and SASL logins), [`hist`] (latency histograms), [`cpu`] (server CPU from `/proc`), [`report`]
 //! (text/JSON output), [`tls`] (the TLS client side), [`users`] (the users file).
 
 pub mod client;
 pub mod cpu;
 pub mod hist;
 pub mod idle;
+pub mod login;
 pub mod report;
 pub mod session;
 pub mod tls;
@@ -45,6 +46,7 @@ use rand::SeedableRng as _;
 
 use client::{ErrorKind, SessionError};
 use hist::Histogram;
+pub use login::Auth;
 pub use session::Mode;
 use session::{Counters, SessionCfg, Snapshot};
 pub use tls::TlsMode;
@@ -78,6 +80,9 @@ pub struct BenchArgs {
     /// What each session does.
     #[arg(long, value_enum, default_value_t = Mode::Full)]
     pub mode: Mode,
+    /// How sessions (and idle connections) log in.
+    #[arg(long, value_enum, default_value_t = Auth::User)]
+    pub auth: Auth,
     /// DELE each retrieved message before QUIT (full and retr-sample; default: never delete).
     #[arg(long)]
     pub dele: bool,
@@ -299,7 +304,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let idle_cfg = idle::IdleCfg {
         addr,
         timeout,
-        login: !args.idle_no_login,
+        login: (!args.idle_no_login).then_some(args.auth),
         tls: tls.clone(),
     };
     let (nofile, nofile_hard) = nofile_limits().unwrap_or((1024, 1024));
@@ -338,6 +343,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         sample: args.sample,
         top_lines: args.top_lines,
         buf_size: args.buffer,
+        auth: args.auth,
         tls,
     });
 
@@ -360,7 +366,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let mut rep = report::IdleReport {
             requested: args.idle,
-            logged_in: idle_cfg.login,
+            logged_in: idle_cfg.login.is_some(),
             ..Default::default()
         };
         if !args.quiet {
@@ -524,6 +530,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rep = report::Report {
         addr: addr.to_string(),
         mode: args.mode,
+        auth: args.auth,
         concurrency: args.concurrency,
         users: users.len(),
         warmup_s: warmup.as_secs_f64(),

@@ -2,8 +2,11 @@
 
 use std::fmt::Write as _;
 
+use serde_json::{json, Value};
+
 use super::client::ErrorKind;
 use super::hist::Summary;
+use super::login::Auth;
 use super::session::{Mode, Snapshot};
 use super::tls::{TlsMode, NO_TLS};
 
@@ -26,6 +29,7 @@ pub struct IdleReport {
 pub struct Report {
     pub addr: String,
     pub mode: Mode,
+    pub auth: Auth,
     pub concurrency: usize,
     pub users: usize,
     pub warmup_s: f64,
@@ -60,55 +64,33 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-/// A JSON number (finite; NaN/inf become null).
-fn num(v: f64) -> String {
+/// A JSON number rounded to 3 decimals (NaN and infinities become null).
+fn num(v: f64) -> Value {
     if v.is_finite() {
-        let r = (v * 1000.0).round() / 1000.0;
-        format!("{r}")
+        json!((v * 1000.0).round() / 1000.0)
     } else {
-        "null".into()
+        Value::Null
     }
 }
 
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+fn summary_json(s: &Summary) -> Value {
+    json!({
+        "count": s.count,
+        "mean": num(s.mean / 1000.0),
+        "p50": num(ms(s.p50)),
+        "p90": num(ms(s.p90)),
+        "p99": num(ms(s.p99)),
+        "max": num(ms(s.max)),
+    })
 }
 
-fn summary_json(s: &Summary) -> String {
-    format!(
-        "{{\"count\":{},\"mean\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}}",
-        s.count,
-        num(s.mean / 1000.0),
-        num(ms(s.p50)),
-        num(ms(s.p90)),
-        num(ms(s.p99)),
-        num(ms(s.max))
-    )
-}
-
-fn errors_json(e: &[u64; ErrorKind::COUNT]) -> String {
-    let parts: Vec<String> = ErrorKind::ALL
+/// Every error kind by name, zeros included.
+fn errors_json(e: &[u64; ErrorKind::COUNT]) -> Value {
+    ErrorKind::ALL
         .iter()
-        .map(|k| format!("{}:{}", json_str(k.name()), e[k.index()]))
-        .collect();
-    format!("{{{}}}", parts.join(","))
+        .map(|k| (k.name().to_string(), json!(e[k.index()])))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn errors_text(e: &[u64; ErrorKind::COUNT]) -> String {
@@ -144,90 +126,55 @@ impl Report {
 
     pub fn to_json(&self) -> String {
         let w = &self.window;
-        let mut o = String::with_capacity(2048);
-        o.push('{');
-        let _ = write!(
-            o,
-            "\"addr\":{},\"mode\":{},\"concurrency\":{},\"users\":{},\"warmup_s\":{},\"measured_s\":{},",
-            json_str(&self.addr),
-            json_str(self.mode.name()),
-            self.concurrency,
-            self.users,
-            num(self.warmup_s),
-            num(self.measured_s)
-        );
-        let _ = write!(
-            o,
-            "\"tls\":{},\"tls_resume\":{},\"tls_handshakes\":{},\"tls_resumed\":{},",
-            json_str(self.tls_name()),
-            if self.tls.is_some() {
-                if self.tls_resume {
-                    "true"
-                } else {
-                    "false"
-                }
-            } else {
-                "null"
+        let secs = self.measured_s;
+        let idle = self.idle.as_ref().map(|i| {
+            json!({
+                "requested": i.requested,
+                "opened": i.opened,
+                "logged_in": i.logged_in,
+                "failed": errors_json(&i.failed),
+                "alive_at_end": i.alive_at_end,
+                "processes": i.processes,
+                "setup_s": num(i.setup_s),
+            })
+        });
+        json!({
+            "addr": self.addr,
+            "mode": self.mode.name(),
+            "auth": self.auth.name(),
+            "concurrency": self.concurrency,
+            "users": self.users,
+            "warmup_s": num(self.warmup_s),
+            "measured_s": num(secs),
+            "tls": self.tls_name(),
+            "tls_resume": self.tls.map(|_| self.tls_resume),
+            "tls_handshakes": w.tls_handshakes,
+            "tls_resumed": w.tls_resumed,
+            "sessions": w.sessions_ok,
+            "failed_sessions": w.sessions_failed,
+            "sessions_per_s": num(self.sessions_per_s()),
+            "messages": w.messages,
+            "messages_per_s": num(per_s(w.messages, secs)),
+            "bytes": w.bytes,
+            "mb_per_s": num(self.mb_per_s()),
+            "noops": w.noops,
+            "noops_per_s": num(per_s(w.noops, secs)),
+            "latency_ms": {
+                "session": summary_json(&self.session),
+                "login": summary_json(&self.login),
+                "noop": summary_json(&self.noop),
             },
-            w.tls_handshakes,
-            w.tls_resumed
-        );
-        let _ = write!(
-            o,
-            "\"sessions\":{},\"failed_sessions\":{},\"sessions_per_s\":{},\"messages\":{},\"messages_per_s\":{},\
-             \"bytes\":{},\"mb_per_s\":{},\"noops\":{},\"noops_per_s\":{},",
-            w.sessions_ok,
-            w.sessions_failed,
-            num(self.sessions_per_s()),
-            w.messages,
-            num(per_s(w.messages, self.measured_s)),
-            w.bytes,
-            num(self.mb_per_s()),
-            w.noops,
-            num(per_s(w.noops, self.measured_s)),
-        );
-        let _ = write!(
-            o,
-            "\"latency_ms\":{{\"session\":{},\"login\":{},\"noop\":{}}},",
-            summary_json(&self.session),
-            summary_json(&self.login),
-            summary_json(&self.noop)
-        );
-        let _ = write!(
-            o,
-            "\"errors\":{},\"error_total\":{},\"errors_all\":{},\"error_total_all\":{},\"sessions_all\":{},",
-            errors_json(&w.errors),
-            w.error_total(),
-            errors_json(&self.all.errors),
-            self.all.error_total(),
-            self.all.sessions_ok
-        );
-        let _ = write!(
-            o,
-            "\"server_cpu_s\":{},\"server_cpu_ms_per_session\":{},\"client_cpu_s\":{}",
-            self.server_cpu_s.map_or("null".into(), num),
-            self.server_cpu_ms_per_session().map_or("null".into(), num),
-            num(self.client_cpu_s)
-        );
-        match &self.idle {
-            None => o.push_str(",\"idle\":null"),
-            Some(i) => {
-                let _ = write!(
-                    o,
-                    ",\"idle\":{{\"requested\":{},\"opened\":{},\"logged_in\":{},\"failed\":{},\"alive_at_end\":{},\
-                     \"processes\":{},\"setup_s\":{}}}",
-                    i.requested,
-                    i.opened,
-                    i.logged_in,
-                    errors_json(&i.failed),
-                    i.alive_at_end,
-                    i.processes,
-                    num(i.setup_s)
-                );
-            }
-        }
-        o.push('}');
-        o
+            "errors": errors_json(&w.errors),
+            "error_total": w.error_total(),
+            "errors_all": errors_json(&self.all.errors),
+            "error_total_all": self.all.error_total(),
+            "sessions_all": self.all.sessions_ok,
+            "server_cpu_s": self.server_cpu_s.map(num),
+            "server_cpu_ms_per_session": self.server_cpu_ms_per_session().map(num),
+            "client_cpu_s": num(self.client_cpu_s),
+            "idle": idle,
+        })
+        .to_string()
     }
 
     pub fn to_text(&self) -> String {
@@ -236,10 +183,11 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "corepop bench: mode {} against {} (TLS: {}), {} connections, {} users, {:.1} s measured after {:.1} s warmup",
+            "corepop bench: mode {} against {} (TLS: {}, login: {}), {} connections, {} users, {:.1} s measured after {:.1} s warmup",
             self.mode.name(),
             self.addr,
             self.tls_name(),
+            self.auth.name(),
             self.concurrency,
             self.users,
             secs,
@@ -344,13 +292,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_escapes() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        assert_eq!(num(f64::NAN), "null");
-        assert_eq!(num(1.23456), "1.235");
-    }
-
-    #[test]
     fn report_renders() {
         let mut window = Snapshot {
             sessions_ok: 10,
@@ -362,6 +303,7 @@ mod tests {
         let r = Report {
             addr: "127.0.0.1:110".into(),
             mode: Mode::Full,
+            auth: Auth::Plain,
             concurrency: 4,
             users: 8,
             warmup_s: 1.0,
@@ -377,14 +319,30 @@ mod tests {
             tls: None,
             tls_resume: true,
         };
-        let j = r.to_json();
-        assert!(j.contains("\"sessions_per_s\":5,"), "{j}");
-        assert!(j.contains("\"mb_per_s\":2.5,"), "{j}");
-        assert!(j.contains("\"timeout\":1"), "{j}");
-        assert!(j.contains("\"server_cpu_ms_per_session\":100,"), "{j}");
+        let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(j["sessions_per_s"], 5.0, "{j}");
+        assert_eq!(j["mb_per_s"], 2.5, "{j}");
+        assert_eq!(j["errors"]["timeout"], 1, "{j}");
+        assert_eq!(j["errors"]["auth"], 0, "{j}");
+        assert_eq!(j["server_cpu_ms_per_session"], 100.0, "{j}");
+        assert_eq!(j["idle"]["requested"], 0, "{j}");
+        assert_eq!(
+            (&j["tls"], &j["tls_resume"]),
+            (&json!("none"), &Value::Null)
+        );
         assert!(r.to_text().contains("timeout 1"));
-        assert!(j.contains("\"tls\":\"none\",\"tls_resume\":null,"), "{j}");
-        assert!(r.to_text().contains("(TLS: none)"));
+        assert!(r.to_text().contains("(TLS: none, login: plain)"));
+        assert_eq!(j["auth"], "plain");
+        let odd = Report {
+            addr: "a\"b\\c\n\u{1}".into(),
+            measured_s: 0.0,
+            client_cpu_s: f64::NAN,
+            ..r.clone()
+        };
+        let j: Value = serde_json::from_str(&odd.to_json()).unwrap();
+        assert_eq!(j["addr"], "a\"b\\c\n\u{1}");
+        assert_eq!(j["sessions_per_s"], 0.0);
+        assert_eq!(j["client_cpu_s"], Value::Null);
         let r = Report {
             tls: Some(TlsMode::StartTls),
             tls_resume: false,
@@ -394,9 +352,10 @@ mod tests {
             },
             ..r
         };
-        let j = r.to_json();
-        assert!(
-            j.contains("\"tls\":\"starttls\",\"tls_resume\":false,\"tls_handshakes\":10,"),
+        let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(
+            (&j["tls"], &j["tls_resume"], &j["tls_handshakes"]),
+            (&json!("starttls"), &json!(false), &json!(10)),
             "{j}"
         );
         assert!(r

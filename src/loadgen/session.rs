@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::client::{first_number, show, Conn, ErrorKind, Result, SessionError};
+use super::login::{self, Auth};
 use super::tls::TlsClient;
 use super::users::User;
 
@@ -48,6 +49,8 @@ pub struct SessionCfg {
     pub sample: f64,
     pub top_lines: u64,
     pub buf_size: usize,
+    /// `--auth`: how to log in.
+    pub auth: Auth,
     /// `--tls`: how to speak TLS; `None` for plaintext.
     pub tls: Option<TlsClient>,
 }
@@ -146,7 +149,7 @@ pub async fn open(cfg: &SessionCfg, user: &User, counters: &Counters) -> Result<
             counters.tls_resumed.fetch_add(1, Relaxed);
         }
     }
-    c.login(&user.name, &user.password).await?;
+    login::login(&mut c, &user.name, &user.password, cfg.auth).await?;
     Ok(c)
 }
 
@@ -359,6 +362,7 @@ mod tests {
             sample: 1.0,
             top_lines: 0,
             buf_size: 4096,
+            auth: Auth::User,
             tls: None,
         };
         let user = User {

@@ -188,6 +188,7 @@ mod tests {
     use crate::loadgen::client::Conn;
     use crate::loadgen::client::SessionError;
     use crate::loadgen::idle::{close_all, open_local, IdleCfg};
+    use crate::loadgen::login::Auth;
     use crate::loadgen::session::{self, Counters, Mode, SessionCfg};
     use crate::loadgen::users::User;
     use crate::loadgen::ErrorLog;
@@ -398,6 +399,7 @@ mod tests {
             sample: 1.0,
             top_lines: 0,
             buf_size: 8192,
+            auth: Auth::User,
             tls: Some(tls),
         }
     }
@@ -521,7 +523,7 @@ mod tests {
             let cfg = IdleCfg {
                 addr,
                 timeout: Duration::from_secs(20),
-                login,
+                login: login.then_some(Auth::User),
                 tls: Some(TlsClient::new(mode, Verify::Ca(&pki.ca), "localhost", true).unwrap()),
             };
             let log = ErrorLog::default();
