@@ -33,6 +33,8 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
 use md5::Md5;
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
@@ -795,88 +797,52 @@ fn argon2_verify(
 
 // ------------------------------------------------------- HMAC, PBKDF2, SCRAM
 
-/// Keyed HMAC state for hashes with a 64-byte block (MD5, SHA-1, SHA-256).
-struct Hmac<D: Digest + Clone> {
-    inner: D,
-    outer: D,
-}
-
-impl<D: Digest + Clone> Hmac<D> {
-    const BLOCK: usize = 64;
-
-    fn new(key: &[u8]) -> Self {
-        let mut block = Zeroizing::new([0u8; 64]);
-        if key.len() > Self::BLOCK {
-            let k = D::digest(key);
-            block[..k.len()].copy_from_slice(&k);
-        } else {
-            block[..key.len()].copy_from_slice(key);
-        }
-        let mut ipad = Zeroizing::new([0u8; 64]);
-        let mut opad = Zeroizing::new([0u8; 64]);
-        for i in 0..Self::BLOCK {
-            ipad[i] = block[i] ^ 0x36;
-            opad[i] = block[i] ^ 0x5c;
-        }
-        let mut inner = D::new();
-        inner.update(&ipad[..]);
-        let mut outer = D::new();
-        outer.update(&opad[..]);
-        Hmac { inner, outer }
-    }
-
-    fn mac(&self, parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
-        let mut inner = self.inner.clone();
+/// HMAC (the `hmac` crate) of the concatenation of `parts`, with SHA-1 or SHA-256.
+fn hmac(alg: ScramAlg, key: &[u8], parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+    fn run<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+        let mut m = <M as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
         for p in parts {
-            inner.update(p);
+            m.update(p);
         }
-        let ih = inner.finalize();
-        let mut outer = self.outer.clone();
-        outer.update(&ih);
-        Zeroizing::new(outer.finalize().to_vec())
+        Zeroizing::new(m.finalize().into_bytes().to_vec())
+    }
+    match alg {
+        ScramAlg::Sha1 => run::<Hmac<Sha1>>(key, parts),
+        ScramAlg::Sha256 => run::<Hmac<Sha256>>(key, parts),
     }
 }
 
-/// PBKDF2 first block = SCRAM `Hi(password, salt, iterations)`.
-fn hi<D: Digest + Clone>(password: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<Vec<u8>> {
-    let prf = Hmac::<D>::new(password);
-    let mut u = prf.mac(&[salt, &1u32.to_be_bytes()]);
-    let mut result = u.clone();
-    for _ in 1..iterations {
-        u = prf.mac(&[&u]);
-        for (r, x) in result.iter_mut().zip(u.iter()) {
-            *r ^= x;
-        }
+/// PBKDF2-HMAC (the `pbkdf2` crate), one hash-sized block: SCRAM's
+/// `Hi(password, salt, iterations)` and Dovecot's PBKDF2 scheme (SHA-1).
+fn hi(alg: ScramAlg, password: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(vec![0u8; alg.len()]);
+    match alg {
+        ScramAlg::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, &mut out),
+        ScramAlg::Sha256 => pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out),
     }
-    result
+    out
 }
 
 const SCRAM_MIN_ITERATIONS: u32 = 4096;
 const SCRAM_MAX_ITERATIONS: u32 = i32::MAX as u32;
 
-/// `(StoredKey, ServerKey)` for a SCRAM verifier.
+/// `(StoredKey, ServerKey)` for a SCRAM verifier (`alg` SHA-1, otherwise SHA-256).
 fn scram_keys(
     alg: Alg,
     password: &[u8],
     salt: &[u8],
     iterations: u32,
 ) -> (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) {
-    fn run<D: Digest + Clone>(
-        password: &[u8],
-        salt: &[u8],
-        iterations: u32,
-    ) -> (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) {
-        let salted = hi::<D>(password, salt, iterations);
-        let key = Hmac::<D>::new(&salted);
-        let client_key = key.mac(&[b"Client Key"]);
-        let stored_key = Zeroizing::new(D::digest(&client_key[..]).to_vec());
-        let server_key = key.mac(&[b"Server Key"]);
-        (stored_key, server_key)
-    }
-    match alg {
-        Alg::Sha1 => run::<Sha1>(password, salt, iterations),
-        _ => run::<Sha256>(password, salt, iterations),
-    }
+    let alg = if alg == Alg::Sha1 {
+        ScramAlg::Sha1
+    } else {
+        ScramAlg::Sha256
+    };
+    let salted = hi(alg, password, salt, iterations);
+    let client_key = hmac(alg, &salted, &[b"Client Key"]);
+    let stored_key = alg.alg().digest(&[&client_key]);
+    let server_key = hmac(alg, &salted, &[b"Server Key"]);
+    (stored_key, server_key)
 }
 
 fn scram_verify(
@@ -944,69 +910,22 @@ fn pbkdf2_verify(raw: &[u8], password: Option<&[u8]>) -> Result<bool, SchemeErro
     let Some(password) = password else {
         return Ok(true);
     };
-    let got = hi::<Sha1>(password, salt.as_bytes(), rounds);
+    let got = hi(ScramAlg::Sha1, password, salt.as_bytes(), rounds);
     Ok(ct_eq(&got, &want))
 }
 
 // ----------------------------------------------------------------- CRAM-MD5
 
-/// MD5 round constants: floor(|sin(i + 1)| · 2³²).
-const MD5_K: [u32; 64] = [
-    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
-    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
-    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
-    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
-    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
-    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
-    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
-    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
-];
-const MD5_S: [u32; 16] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+/// MD5's initial state (RFC 1321 §3.3).
 const MD5_IV: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
 
-/// One MD5 compression of `block` starting from the initial state. The
-/// md-5 crate does not expose its state, and CRAM-MD5 stores exactly that.
-fn md5_compress_from_iv(block: &[u8; 64]) -> [u32; 4] {
-    md5_compress(MD5_IV, block)
-}
-
-/// One MD5 compression of `block` starting from `state`.
-fn md5_compress(state: [u32; 4], block: &[u8; 64]) -> [u32; 4] {
-    let mut m = [0u32; 16];
-    for (i, w) in m.iter_mut().enumerate() {
-        *w = u32::from_le_bytes([
-            block[4 * i],
-            block[4 * i + 1],
-            block[4 * i + 2],
-            block[4 * i + 3],
-        ]);
-    }
-    let [mut a, mut b, mut c, mut d] = state;
-    for i in 0..64 {
-        let (f, g) = match i / 16 {
-            0 => ((b & c) | (!b & d), i),
-            1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
-            2 => (b ^ c ^ d, (3 * i + 5) % 16),
-            _ => (c ^ (b | !d), (7 * i) % 16),
-        };
-        let s = MD5_S[(i / 16) * 4 + i % 4];
-        let t = a
-            .wrapping_add(f)
-            .wrapping_add(MD5_K[i])
-            .wrapping_add(m[g])
-            .rotate_left(s);
-        a = d;
-        d = c;
-        c = b;
-        b = b.wrapping_add(t);
-    }
-    m.fill(0);
-    [
-        state[0].wrapping_add(a),
-        state[1].wrapping_add(b),
-        state[2].wrapping_add(c),
-        state[3].wrapping_add(d),
-    ]
+/// The MD5 state after one block: what Dovecot's `{CRAM-MD5}` stores (the HMAC-MD5 inner
+/// and outer states). md-5 0.10's `Md5` does not expose its state; 0.11's block function
+/// (`md5_block`) takes one.
+fn md5_state_after(block: &[u8; 64]) -> [u32; 4] {
+    let mut state = MD5_IV;
+    md5_block::block_api::compress(&mut state, std::slice::from_ref(block));
+    state
 }
 
 /// MD5 of (one 64-byte block already absorbed into `state`) ‖ `data`.
@@ -1018,10 +937,9 @@ fn md5_continue(mut state: [u32; 4], data: &[u8]) -> [u8; 16] {
         tail.push(0);
     }
     tail.extend_from_slice(&total_bits.to_le_bytes());
-    for block in tail.chunks_exact(64) {
-        let block: &[u8; 64] = block.try_into().expect("64-byte chunk");
-        state = md5_compress(state, block);
-    }
+    let (blocks, rest) = tail.as_chunks::<64>();
+    debug_assert!(rest.is_empty());
+    md5_block::block_api::compress(&mut state, blocks);
     let mut out = [0u8; 16];
     for (i, w) in state.iter().enumerate() {
         out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
@@ -1192,17 +1110,10 @@ pub fn scram_secret_of(stored: &str, alg: ScramAlg, opts: &PasswdOptions) -> Opt
     })
 }
 
-fn hmac_alg(alg: ScramAlg, key: &[u8], parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
-    match alg {
-        ScramAlg::Sha1 => Hmac::<Sha1>::new(key).mac(parts),
-        ScramAlg::Sha256 => Hmac::<Sha256>::new(key).mac(parts),
-    }
-}
-
 /// RFC 5802 §3: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); the proof is good
 /// when H(ClientKey) = StoredKey (constant-time).
 pub fn scram_verify_proof(secret: &ScramSecret, auth_message: &[u8], proof: &[u8]) -> bool {
-    let signature = hmac_alg(secret.alg, &secret.stored_key, &[auth_message]);
+    let signature = hmac(secret.alg, &secret.stored_key, &[auth_message]);
     if proof.len() != signature.len() {
         return false;
     }
@@ -1219,7 +1130,7 @@ pub fn scram_verify_proof(secret: &ScramSecret, auth_message: &[u8], proof: &[u8
 
 /// ServerSignature = HMAC(ServerKey, AuthMessage), sent in the server-final message.
 pub fn scram_server_signature(secret: &ScramSecret, auth_message: &[u8]) -> Vec<u8> {
-    hmac_alg(secret.alg, &secret.server_key, &[auth_message]).to_vec()
+    hmac(secret.alg, &secret.server_key, &[auth_message]).to_vec()
 }
 
 /// The ClientProof a client computes (for tests and clients).
@@ -1242,20 +1153,17 @@ pub fn scram_client_answer(
     iterations: u32,
     auth_message: &[u8],
 ) -> (Vec<u8>, Vec<u8>) {
-    let salted = match alg {
-        ScramAlg::Sha1 => hi::<Sha1>(password, salt, iterations),
-        ScramAlg::Sha256 => hi::<Sha256>(password, salt, iterations),
-    };
-    let client_key = hmac_alg(alg, &salted, &[b"Client Key"]);
-    let server_key = hmac_alg(alg, &salted, &[b"Server Key"]);
+    let salted = hi(alg, password, salt, iterations);
+    let client_key = hmac(alg, &salted, &[b"Client Key"]);
+    let server_key = hmac(alg, &salted, &[b"Server Key"]);
     let stored_key = alg.alg().digest(&[&client_key]);
-    let signature = hmac_alg(alg, &stored_key, &[auth_message]);
+    let signature = hmac(alg, &stored_key, &[auth_message]);
     let proof = client_key
         .iter()
         .zip(signature.iter())
         .map(|(a, b)| a ^ b)
         .collect();
-    let server_signature = hmac_alg(alg, &server_key, &[auth_message]).to_vec();
+    let server_signature = hmac(alg, &server_key, &[auth_message]).to_vec();
     (proof, server_signature)
 }
 
@@ -1274,8 +1182,8 @@ fn cram_md5_context(password: &[u8]) -> Zeroizing<[u8; 32]> {
         ipad[i] = key[i] ^ 0x36;
         opad[i] = key[i] ^ 0x5c;
     }
-    let inner = md5_compress_from_iv(&ipad);
-    let outer = md5_compress_from_iv(&opad);
+    let inner = md5_state_after(&ipad);
+    let outer = md5_state_after(&opad);
     let mut out = Zeroizing::new([0u8; 32]);
     for (i, w) in outer.iter().chain(inner.iter()).enumerate() {
         out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
@@ -1451,7 +1359,7 @@ pub fn hash_with_rounds(
                 return Err(fail("rounds must be positive"));
             }
             let salt = salt_string(16);
-            let key = hi::<Sha1>(password, salt.as_bytes(), r);
+            let key = hi(ScramAlg::Sha1, password, salt.as_bytes(), r);
             Zeroizing::new(format!("$1${salt}${r}${}", hex::encode(&key[..])).into_bytes())
         }
         Kind::CramMd5 => Zeroizing::new(cram_md5_context(password).to_vec()),
