@@ -138,7 +138,9 @@ protocols = pop3
 listen = 127.0.0.1
 $ssl_conf
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+# Every method `corepop bench --auth` speaks (run.sh AUTH=...); the passwords are {PLAIN},
+# so Dovecot can answer APOP, CRAM-MD5 and SCRAM from them.
+auth_mechanisms = plain login apop cram-md5 scram-sha-1 scram-sha-256
 first_valid_uid = 1
 default_login_user = dovenull
 default_internal_user = dovecot

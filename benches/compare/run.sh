@@ -42,6 +42,9 @@
 #   WARMUP* [2]          warmup seconds per run
 #   CONCURRENCY ["32 256"]  connection counts to test
 #   MODE [full]          bench mode (full, retr-sample, top, login)
+#   AUTH [user]          how the measured sessions log in (`bench --auth`: user, apop, plain,
+#                        login, cram-md5, scram-sha-1, scram-sha-256); not `user` adds
+#                        -AUTH to the result names and the title
 #   TLS [none]           none (plaintext), implicit (the servers' POP3S listeners) or starttls
 #                        (STLS on their plaintext listeners)
 #   TLS_RESUME [1]       with TLS: 0 = `bench --tls-no-resume`, full handshakes only
@@ -77,6 +80,9 @@ DURATION=${DURATION:-$d_dur}
 WARMUP=${WARMUP:-$d_warm}
 CONCURRENCY=${CONCURRENCY:-"32 256"}
 MODE=${MODE:-full}
+AUTH=${AUTH:-user}
+AUTH_SUFFIX=""
+if [[ $AUTH != user ]]; then AUTH_SUFFIX=-$AUTH; fi
 TLS=${TLS:-none}
 TLS_RESUME=${TLS_RESUME:-1}
 KEY=${KEY:-rsa2048}
@@ -246,13 +252,13 @@ IDLE_ARGS=()
 if ((IDLE > 0)); then
   IDLE_ARGS=(--idle "$IDLE" --idle-users "$TMP/corpus/idle-users.txt")
 fi
-log "measuring: mode $MODE$OVER_TLS, concurrency {$CONCURRENCY}, $REPS x ${DURATION}s (+${WARMUP}s warmup) per server${IDLE_ARGS:+, $IDLE idle connections}"
+log "measuring: mode $MODE$OVER_TLS, login $AUTH, concurrency {$CONCURRENCY}, $REPS x ${DURATION}s (+${WARMUP}s warmup) per server${IDLE_ARGS:+, $IDLE idle connections}"
 for ((rep = 1; rep <= REPS; rep++)); do
   for c in $CONCURRENCY; do
     if ((rep % 2)); then order="corepop dovecot"; else order="dovecot corepop"; fi
     for s in $order; do
-      run_bench "$s" "$TMP/results/$s-$MODE$RESULT_SUFFIX-c$c-r$rep.json" --mode "$MODE" --concurrency "$c" \
-        --duration "$DURATION" --warmup "$WARMUP" "${IDLE_ARGS[@]}"
+      run_bench "$s" "$TMP/results/$s-$MODE$AUTH_SUFFIX$RESULT_SUFFIX-c$c-r$rep.json" --mode "$MODE" \
+        --auth "$AUTH" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP" "${IDLE_ARGS[@]}"
     done
   done
 done
@@ -287,7 +293,7 @@ EOF
   )
 fi
 TABLE=$(python3 "$HERE/summarize.py" "$TMP/results" \
-  --title "corepop vs Dovecot $(dovecot --version | cut -d' ' -f1), POP3 mode '$MODE'$OVER_TLS (medians of $REPS)" \
+  --title "corepop vs Dovecot $(dovecot --version | cut -d' ' -f1), POP3 mode '$MODE'$OVER_TLS, login '$AUTH' (medians of $REPS)" \
   --note "corpus: $USERS users × $MSGS messages, $CORPUS_STATS; LF endings, Dovecot-style names in new/" \
   --note "each run: ${WARMUP} s warmup + ${DURATION} s measured; closed loop, one user never in two sessions at once${IDLE_ARGS:+; $IDLE idle logged-in connections held during each run}" \
   "${TLS_NOTES[@]}" \

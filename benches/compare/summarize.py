@@ -13,7 +13,7 @@ import os
 import re
 import statistics
 
-NAME = re.compile(r"^(corepop|dovecot)-([a-z-]+)-c(\d+)-r(\d+)\.json$")
+NAME = re.compile(r"^(corepop|dovecot)-([a-z0-9-]+)-c(\d+)-r(\d+)\.json$")
 
 # (label, how to get the value from one result, format, ratio wanted)
 METRICS = [
