@@ -2,7 +2,8 @@
 //!
 //! Owns: the counters ([`ShardMetrics`], plain `Cell`s owned by one executor, so counting on
 //! the hot path is an ordinary add), the plain-data [`Snapshot`] a shard hands over when
-//! asked, summing snapshots, and the Prometheus text format (version 0.0.4).
+//! asked, summing snapshots, and what the exposition says (names, help, labels), written in the
+//! OpenMetrics text format by `prometheus-client`.
 //!
 //! Does not own: asking the shards or serving HTTP (the runtime's admin listener does that),
 //! or the values that are global anyway (open connections come from the connection table).
@@ -10,8 +11,15 @@
 //! Metric names are documented in `docs/deployment.md` ("Metrics").
 
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
+use std::fmt;
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    text, DescriptorEncoder, EncodeLabelValue, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Login outcomes, in the order of [`Snapshot::logins`].
 pub const LOGIN_RESULTS: [&str; 8] = [
@@ -280,208 +288,220 @@ pub struct Globals {
     pub executor_connections: Vec<u64>,
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// One scrape's values, written out by `prometheus-client`'s OpenMetrics text encoder.
+#[derive(Debug)]
+struct Exposition {
+    s: Snapshot,
+    listeners: Vec<ListenerLabel>,
+    g: Globals,
 }
 
-/// A metric with one unlabelled series.
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
+/// A counter or gauge with one unlabelled series. Counter names are given without the
+/// `_total` the encoder appends to their samples.
+fn single(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    kind: MetricType,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
+    let m = e.encode_descriptor(name, help, None, kind)?;
+    value_of(m, kind, value)
+}
+
+fn value_of(mut m: MetricEncoder, kind: MetricType, value: u64) -> fmt::Result {
+    match kind {
+        MetricType::Counter => m.encode_counter::<NoLabelSet, u64, f64>(&value, None),
+        _ => m.encode_gauge(&value),
+    }
 }
 
 /// A metric with one label: a series `name{label="key"} value` per item.
-fn family<'a>(
-    out: &mut String,
+fn family<K: EncodeLabelValue>(
+    e: &mut DescriptorEncoder,
     name: &str,
-    kind: &str,
+    kind: MetricType,
     help: &str,
     label: &str,
-    items: impl IntoIterator<Item = (&'a str, u64)>,
-) {
-    header(out, name, kind, help);
+    items: impl IntoIterator<Item = (K, u64)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
     for (key, value) in items {
-        let _ = writeln!(out, "{name}{{{label}=\"{key}\"}} {value}");
+        value_of(m.encode_family(&[(label, key)])?, kind, value)?;
+    }
+    Ok(())
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let (s, g, e) = (&self.s, &self.g, &mut e);
+        single(
+            e,
+            "corepop_connections_current",
+            Gauge,
+            "Connections open now.",
+            s.open.max(0) as u64,
+        )?;
+        family(
+            e,
+            "corepop_executor_connections",
+            Gauge,
+            "Connections open now, by executor (new ones go to the least loaded).",
+            "executor",
+            g.executor_connections.iter().copied().enumerate(),
+        )?;
+        let mut m = e.encode_descriptor(
+            "corepop_connections",
+            "Connections accepted, by listener.",
+            None,
+            Counter,
+        )?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            let labels = [
+                ("listener", l.addr.as_str()),
+                ("tls", if l.tls { "true" } else { "false" }),
+                ("proxy", if l.proxy { "true" } else { "false" }),
+            ];
+            let accepted = s.accepted.get(i).copied().unwrap_or(0);
+            value_of(m.encode_family(&labels)?, Counter, accepted)?;
+        }
+        family(
+            e,
+            "corepop_connections_refused",
+            Counter,
+            "Connections closed before the greeting, by reason.",
+            "reason",
+            REFUSALS.iter().copied().zip(s.refused),
+        )?;
+        family(
+            e,
+            "corepop_logins",
+            Counter,
+            "Login attempts, by result.",
+            "result",
+            LOGIN_RESULTS.iter().copied().zip(s.logins),
+        )?;
+        family(
+            e,
+            "corepop_commands",
+            Counter,
+            "Commands received, by name.",
+            "command",
+            COMMANDS.iter().copied().zip(s.commands),
+        )?;
+        family(
+            e,
+            "corepop_penalties",
+            Counter,
+            "Penalties applied, by kind.",
+            "kind",
+            PENALTIES.iter().copied().zip(s.penalties),
+        )?;
+        for (name, help, value) in [
+            (
+                "corepop_bytes_sent",
+                "Bytes sent to clients (before TLS).",
+                s.bytes_sent,
+            ),
+            (
+                "corepop_bytes_received",
+                "Bytes received from clients (after TLS).",
+                s.bytes_received,
+            ),
+            (
+                "corepop_lock_conflicts",
+                "Logins refused because another session holds the maildrop.",
+                s.lock_conflicts,
+            ),
+            (
+                "corepop_tls_handshake_failures",
+                "TLS handshakes that failed or timed out.",
+                s.tls_handshake_failures,
+            ),
+            (
+                "corepop_message_blocking_reads",
+                "Message opens and reads done on the blocking pool because the kernel did not \
+                 have them cached (and every mapped RETR); the rest were served on the executor.",
+                s.blocking_reads,
+            ),
+        ] {
+            single(e, name, Counter, help, value)?;
+        }
+        let mut m = e.encode_descriptor(
+            "corepop_retrieve_duration_seconds",
+            "Time to open and send one message for RETR or TOP.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (k, cmd) in ["RETR", "TOP"].into_iter().enumerate() {
+            // Per-bucket counts; the encoder makes them cumulative. f64::MAX is +Inf to it.
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::MAX])
+                .zip(s.latency[k])
+                .collect();
+            let count = s.latency[k].iter().sum();
+            let sum = s.latency_sum_us[k] as f64 / 1e6;
+            m.encode_family(&[("command", cmd)])?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        family(
+            e,
+            "corepop_reloads",
+            Counter,
+            "SIGHUP reloads, by result.",
+            "result",
+            [("ok", g.reloads_ok), ("failed", g.reloads_failed)],
+        )?;
+        single(
+            e,
+            "corepop_scrape_shards_missing",
+            Gauge,
+            "Cores that did not answer this scrape in time.",
+            g.shards_missing,
+        )?;
+        single(
+            e,
+            "corepop_start_time_seconds",
+            Gauge,
+            "Start time of the process since the Unix epoch.",
+            g.start_time_secs,
+        )?;
+        family(
+            e,
+            "corepop_index_lookups",
+            Counter,
+            "Logins by where their maildrop snapshot came from: the shared in-memory index (hit) \
+             or the directories and on-disk index (miss).",
+            "result",
+            [("hit", g.index_hits), ("miss", g.index_misses)],
+        )?;
+        single(
+            e,
+            "corepop_index_writes",
+            Counter,
+            "On-disk index rewrites: new or removed messages, or a damaged index rebuilt.",
+            g.index_writes,
+        )
     }
 }
 
-/// The Prometheus text exposition of `s`.
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The OpenMetrics text exposition of `s` (Prometheus scrapes it natively).
 pub fn render(s: &Snapshot, listeners: &[ListenerLabel], g: &Globals) -> String {
-    let mut o = String::with_capacity(4096);
-    let o = &mut o;
-    single(
-        o,
-        "corepop_connections_current",
-        "gauge",
-        "Connections open now.",
-        s.open.max(0),
-    );
-    let executors: Vec<String> = (0..g.executor_connections.len())
-        .map(|i| i.to_string())
-        .collect();
-    family(
-        o,
-        "corepop_executor_connections",
-        "gauge",
-        "Connections open now, by executor (new ones go to the least loaded).",
-        "executor",
-        executors
-            .iter()
-            .map(String::as_str)
-            .zip(g.executor_connections.iter().copied()),
-    );
-    header(
-        o,
-        "corepop_connections_total",
-        "counter",
-        "Connections accepted, by listener.",
-    );
-    for (i, l) in listeners.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "corepop_connections_total{{listener=\"{}\",tls=\"{}\",proxy=\"{}\"}} {}",
-            l.addr,
-            l.tls,
-            l.proxy,
-            s.accepted.get(i).copied().unwrap_or(0)
-        );
-    }
-    family(
-        o,
-        "corepop_connections_refused_total",
-        "counter",
-        "Connections closed before the greeting, by reason.",
-        "reason",
-        REFUSALS.iter().copied().zip(s.refused),
-    );
-    family(
-        o,
-        "corepop_logins_total",
-        "counter",
-        "Login attempts, by result.",
-        "result",
-        LOGIN_RESULTS.iter().copied().zip(s.logins),
-    );
-    family(
-        o,
-        "corepop_commands_total",
-        "counter",
-        "Commands received, by name.",
-        "command",
-        COMMANDS.iter().copied().zip(s.commands),
-    );
-    family(
-        o,
-        "corepop_penalties_total",
-        "counter",
-        "Penalties applied, by kind.",
-        "kind",
-        PENALTIES.iter().copied().zip(s.penalties),
-    );
-    single(
-        o,
-        "corepop_bytes_sent_total",
-        "counter",
-        "Bytes sent to clients (before TLS).",
-        s.bytes_sent,
-    );
-    single(
-        o,
-        "corepop_bytes_received_total",
-        "counter",
-        "Bytes received from clients (after TLS).",
-        s.bytes_received,
-    );
-    single(
-        o,
-        "corepop_lock_conflicts_total",
-        "counter",
-        "Logins refused because another session holds the maildrop.",
-        s.lock_conflicts,
-    );
-    single(
-        o,
-        "corepop_tls_handshake_failures_total",
-        "counter",
-        "TLS handshakes that failed or timed out.",
-        s.tls_handshake_failures,
-    );
-    single(
-        o,
-        "corepop_message_blocking_reads_total",
-        "counter",
-        "Message opens and reads done on the blocking pool because the kernel did not have \
-         them cached (and every mapped RETR); the rest were served on the executor.",
-        s.blocking_reads,
-    );
-    header(
-        o,
-        "corepop_retrieve_duration_seconds",
-        "histogram",
-        "Time to open and send one message for RETR or TOP.",
-    );
-    for (k, cmd) in ["RETR", "TOP"].iter().enumerate() {
-        let mut cum = 0u64;
-        for (b, le) in LATENCY_BUCKETS.iter().enumerate() {
-            cum += s.latency[k][b];
-            let _ = writeln!(
-                o,
-                "corepop_retrieve_duration_seconds_bucket{{command=\"{cmd}\",le=\"{le}\"}} {cum}"
-            );
-        }
-        cum += s.latency[k][LATENCY_BUCKETS.len()];
-        let _ = writeln!(
-            o,
-            "corepop_retrieve_duration_seconds_bucket{{command=\"{cmd}\",le=\"+Inf\"}} {cum}"
-        );
-        let _ = writeln!(
-            o,
-            "corepop_retrieve_duration_seconds_sum{{command=\"{cmd}\"}} {}",
-            s.latency_sum_us[k] as f64 / 1e6
-        );
-        let _ = writeln!(
-            o,
-            "corepop_retrieve_duration_seconds_count{{command=\"{cmd}\"}} {cum}"
-        );
-    }
-    family(
-        o,
-        "corepop_reloads_total",
-        "counter",
-        "SIGHUP reloads, by result.",
-        "result",
-        [("ok", g.reloads_ok), ("failed", g.reloads_failed)],
-    );
-    single(
-        o,
-        "corepop_scrape_shards_missing",
-        "gauge",
-        "Cores that did not answer this scrape in time.",
-        g.shards_missing,
-    );
-    single(
-        o,
-        "corepop_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch.",
-        g.start_time_secs,
-    );
-    family(
-        o,
-        "corepop_index_lookups_total",
-        "counter",
-        "Logins by where their maildrop snapshot came from: the shared in-memory index (hit) or the directories and on-disk index (miss).",
-        "result",
-        [("hit", g.index_hits), ("miss", g.index_misses)],
-    );
-    single(
-        o,
-        "corepop_index_writes_total",
-        "counter",
-        "On-disk index rewrites: new or removed messages, or a damaged index rebuilt.",
-        g.index_writes,
-    );
-    std::mem::take(o)
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition {
+        s: s.clone(),
+        listeners: listeners.to_vec(),
+        g: g.clone(),
+    }));
+    let mut out = String::with_capacity(8192);
+    text::encode(&mut out, &registry).expect("formatting into a String cannot fail");
+    out
 }
 
 #[cfg(test)]
@@ -530,11 +550,13 @@ mod tests {
             "corepop_commands_total{command=\"RETR\"} 1",
             "corepop_commands_total{command=\"unknown\"} 1",
             "corepop_bytes_sent_total 15",
-            "corepop_retrieve_duration_seconds_bucket{command=\"RETR\",le=\"0.005\"} 1",
-            "corepop_retrieve_duration_seconds_bucket{command=\"RETR\",le=\"0.0025\"} 0",
-            "corepop_retrieve_duration_seconds_bucket{command=\"TOP\",le=\"10\"} 0",
-            "corepop_retrieve_duration_seconds_bucket{command=\"TOP\",le=\"+Inf\"} 1",
+            "corepop_retrieve_duration_seconds_bucket{le=\"0.005\",command=\"RETR\"} 1",
+            "corepop_retrieve_duration_seconds_bucket{le=\"0.0025\",command=\"RETR\"} 0",
+            "corepop_retrieve_duration_seconds_bucket{le=\"10.0\",command=\"TOP\"} 0",
+            "corepop_retrieve_duration_seconds_bucket{le=\"+Inf\",command=\"TOP\"} 1",
             "corepop_retrieve_duration_seconds_count{command=\"TOP\"} 1",
+            "# TYPE corepop_logins counter",
+            "# EOF",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -1,4 +1,4 @@
-//! The admin listener: plain HTTP/1.0 `GET /metrics` in Prometheus text format.
+//! The admin listener: plain HTTP/1.0 `GET /metrics` in OpenMetrics text format.
 //!
 //! Owns: a std thread with a blocking listener (bound before privileges are dropped, like the
 //! POP3 listeners), the few lines of HTTP, and asking every shard for a snapshot of its
@@ -56,7 +56,7 @@ pub(crate) fn spawn(
                     (Some(b"GET"), Some(b"/metrics")) => (
                         "200 OK",
                         scrape(&shards, &labels, &shared),
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        crate::metrics::CONTENT_TYPE,
                     ),
                     (Some(b"GET"), _) => ("404 Not Found", "not found\n".into(), "text/plain"),
                     _ => (
