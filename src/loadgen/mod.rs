@@ -19,10 +19,11 @@
 //! client configuration is shared by all workers, so sessions are resumed unless
 //! `--tls-no-resume`.
 //!
-//! Modules: [`client`] (the POP3 wire client), [`session`] (what a session does per mode, and
-//! the live counters), [`idle`] (`--idle` connections, spread over child processes when
-//! many), [`login`] (USER/PASS, APOP and SASL logins), [`hist`] (latency histograms), [`cpu`] (server CPU from `/proc`), [`report`]
-//! (text/JSON output), [`tls`] (the TLS client side), [`users`] (the users file).
+//! Modules: [`client`] (the POP3 wire client), [`login`] (`--auth`: USER/PASS, APOP and
+//! SASL logins), [`session`] (what a session does per mode, and the live counters),
+//! [`idle`] (`--idle` connections, spread over child processes when many), [`hist`]
+//! (latency histograms), [`cpu`] (server CPU from `/proc`), [`report`] (text/JSON output),
+//! [`tls`] (the TLS client side), [`users`] (the users file).
 
 pub mod client;
 pub mod cpu;
