@@ -1,13 +1,29 @@
 //! `corepop bench` (the load generator) against the real server: every login method, the
-//! octet counts it verifies, DELE, TOP, idle connections and how refused logins are counted.
-//! Checks what the report says against what the fixture holds; no timing is asserted.
+//! octet counts it verifies, DELE, TOP, idle connections and how refused logins are counted;
+//! and against Debian's Dovecot (a private instance, `interop/dovecot.rs`; needs root), since
+//! it is meant for any POP3 server. Checks what the report says against what the fixture
+//! holds; no timing is asserted.
 
 mod common;
+#[path = "interop/dovecot.rs"]
+#[allow(dead_code)]
+mod dovecot;
 
 use common::{expected_wire, Fixture, Server};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+
+const METHODS: [&str; 7] = [
+    "user",
+    "apop",
+    "plain",
+    "login",
+    "cram-md5",
+    "scram-sha-1",
+    "scram-sha-256",
+];
 
 const USERS: usize = 4;
 
@@ -33,12 +49,17 @@ fn fixture() -> (Fixture, usize, u64) {
 /// Runs `corepop bench --json` against `srv` and returns the report.
 fn bench(srv: &Server, users: &Path, args: &[&str]) -> Value {
     let pid = srv.pid().expect("server running").to_string();
-    let addr = srv.addr.to_string();
+    bench_at(srv.addr, users, &[&["--server-pid", &pid], args].concat())
+}
+
+/// Runs `corepop bench --json` against `addr` and returns the report.
+fn bench_at(addr: SocketAddr, users: &Path, args: &[&str]) -> Value {
+    let addr = addr.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_corepop"))
         .args(["bench", "--addr", &addr, "--users"])
         .arg(users)
         .args(["--warmup", "0", "--json", "--quiet", "--timeout", "20"])
-        .args(["--server-pid", &pid, "--threads", "1"])
+        .args(["--threads", "1"])
         .args(args)
         .output()
         .expect("run corepop bench");
@@ -61,15 +82,7 @@ fn f(v: &Value) -> f64 {
 fn every_login_method_retrieves_every_octet() {
     let (fx, msgs, octets) = fixture();
     let srv = Server::start(&fx, &[]);
-    for auth in [
-        "user",
-        "apop",
-        "plain",
-        "login",
-        "cram-md5",
-        "scram-sha-1",
-        "scram-sha-256",
-    ] {
+    for auth in METHODS {
         let r = bench(
             &srv,
             &fx.passwd_path(),
@@ -177,4 +190,31 @@ fn idle_connections_stay_logged_in_while_sessions_run() {
     );
     assert_eq!(idle["logged_in"], true);
     assert_eq!(n(&r["messages"]), n(&r["sessions"]) * msgs as u64, "{r}");
+}
+
+#[test]
+fn every_login_method_works_against_dovecot_too() {
+    let (fx, msgs, octets) = fixture();
+    let dv = dovecot::Dovecot::start_with(
+        &fx,
+        "auth_mechanisms = plain login apop cram-md5 scram-sha-1 scram-sha-256\n",
+    );
+    for auth in METHODS {
+        let r = bench_at(
+            dv.addr,
+            &fx.passwd_path(),
+            &["--auth", auth, "--sessions", "4", "-c", "1"],
+        );
+        assert_eq!(n(&r["error_total_all"]), 0, "{auth}: {r}\n{}", dv.log());
+        let sessions = n(&r["sessions"]);
+        assert!(sessions >= 4, "{auth}: {r}");
+        assert_eq!(n(&r["messages"]), sessions * msgs as u64, "{auth}: {r}");
+        assert_eq!(n(&r["bytes"]), sessions * octets, "{auth}: {r}");
+    }
+    // A wrong password is an auth error there as well.
+    let wrong = fx.path().join("wrong-users");
+    std::fs::write(&wrong, "user0:nope\n").unwrap();
+    let r = bench_at(dv.addr, &wrong, &["--sessions", "1", "-c", "1"]);
+    assert_eq!(n(&r["sessions"]), 0, "{r}");
+    assert!(n(&r["errors_all"]["auth"]) >= 1, "{r}");
 }
