@@ -374,7 +374,7 @@ pub(super) async fn limited<T>(
 
 impl Conn {
     /// Connects with `timeout` for the connect and every later read and write, from
-    /// `source` when given (see [`connect_from`]).
+    /// `source` when given (see `connect_from`).
     pub async fn connect(
         addr: SocketAddr,
         source: Option<IpAddr>,
@@ -655,7 +655,7 @@ impl Conn {
     /// removing dot-stuffing, line terminators included as received.
     ///
     /// Only line starts that begin with `.` matter (stuffing or the terminator), so the scan
-    /// looks only for dots ([`line_dot`]) instead of visiting every line.
+    /// looks only for dots (`line_dot`) instead of visiting every line.
     pub async fn read_body(&mut self) -> Result<u64> {
         let mut total = 0u64;
         // True when the next octet starts a line.

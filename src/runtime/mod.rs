@@ -1,9 +1,9 @@
 //! The runtime: the only module that names glommio.
 //!
 //! Owns: the executor pool (one executor pinned per core), every executor accepting from the
-//! same listening sockets with connections spread evenly over them ([`balance`]), the
+//! same listening sockets with connections spread evenly over them (`balance`), the
 //! per-connection driver that feeds a [`crate::protocol::Session`]
-//! and carries out its steps ([`conn`]), timeouts, running blocking work (password hashing,
+//! and carries out its steps (`conn`), timeouts, running blocking work (password hashing,
 //! Maildir scans, mapping files, unlinks) on glommio's blocking thread pool, TLS handshakes
 //! (implicit TLS listeners and STLS) with their timeout, graceful shutdown on SIGTERM/SIGINT,
 //! and reloading the TLS certificates on SIGHUP. Operations (`ops`): systemd socket
