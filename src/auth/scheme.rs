@@ -1238,6 +1238,13 @@ fn salt_string(len: usize) -> String {
         .collect()
 }
 
+/// A fresh nonce for SASL: 18 random bytes in base64 (printable, no `,`), for a SCRAM
+/// nonce or a CRAM-MD5 challenge, on either side of the exchange. From the thread's
+/// CSPRNG, so a login does not pay for a `getrandom` call.
+pub fn sasl_nonce() -> String {
+    STANDARD.encode(rand::random::<[u8; 18]>())
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     OsRng.fill_bytes(&mut b);
@@ -2146,6 +2153,14 @@ mod tests {
             Err(SchemeError::Hashing { .. })
         ));
         assert_eq!(hash("PLAIN.hex", b"\xff\xfe").unwrap(), "{PLAIN.HEX}fffe");
+    }
+
+    #[test]
+    fn sasl_nonces_are_fresh_and_fit_scram() {
+        let (a, b) = (sasl_nonce(), sasl_nonce());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|c| (0x21..=0x7e).contains(&c) && c != b','), "{a}");
     }
 
     #[test]

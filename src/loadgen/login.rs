@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
 use crate::auth::scheme::{self, ScramAlg};
+use crate::protocol::sasl::Mechanism;
 
 use super::client::{err_kind, show, Conn, ErrorKind, Result, SessionError};
 
@@ -125,8 +126,10 @@ pub async fn login(c: &mut Conn, user: &str, password: &str, auth: Auth) -> Resu
                 .await?;
             expect_ok(c, "AUTH CRAM-MD5", user).await
         }
-        Auth::ScramSha1 => scram(c, ScramAlg::Sha1, user, password).await,
-        Auth::ScramSha256 => scram(c, ScramAlg::Sha256, user, password).await,
+        Auth::ScramSha1 => scram(c, Mechanism::ScramSha1, ScramAlg::Sha1, user, password).await,
+        Auth::ScramSha256 => {
+            scram(c, Mechanism::ScramSha256, ScramAlg::Sha256, user, password).await
+        }
     }
 }
 
@@ -144,16 +147,18 @@ fn server_first(msg: &str) -> Option<(&str, Vec<u8>, u32)> {
     Some((nonce, salt, iterations))
 }
 
-async fn scram(c: &mut Conn, alg: ScramAlg, user: &str, password: &str) -> Result<()> {
-    let what = match alg {
-        ScramAlg::Sha1 => "AUTH SCRAM-SHA-1",
-        ScramAlg::Sha256 => "AUTH SCRAM-SHA-256",
-    };
-    let cnonce = B64.encode(rand::random::<[u8; 18]>());
+async fn scram(
+    c: &mut Conn,
+    mech: Mechanism,
+    alg: ScramAlg,
+    user: &str,
+    password: &str,
+) -> Result<()> {
+    let what = &format!("AUTH {}", mech.name());
+    let cnonce = scheme::sasl_nonce();
     let bare = format!("n={},r={cnonce}", saslname(user));
     let first = B64.encode(format!("n,,{bare}"));
-    c.command_str(b"AUTH", &format!("{} {first}", &what[5..]))
-        .await?;
+    c.send_line(format!("{what} {first}").as_bytes()).await?;
     let sf = challenge(c, what, user).await?;
     let sf = String::from_utf8(sf).map_err(|_| protocol(what, "server-first is not UTF-8"))?;
     let Some((nonce, salt, iterations)) = server_first(&sf) else {

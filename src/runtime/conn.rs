@@ -553,7 +553,7 @@ impl Conn {
         out: &mut Vec<u8>,
         ch: crate::protocol::SaslChallenge,
     ) {
-        let nonce = random_nonce();
+        let nonce = crate::auth::scheme::sasl_nonce();
         match ch.mechanism {
             Mechanism::CramMd5 => {
                 let challenge = format!("<{nonce}@{}>", self.shared.hostname);
@@ -1227,12 +1227,6 @@ fn scram_alg(mech: Mechanism) -> ScramAlg {
     } else {
         ScramAlg::Sha256
     }
-}
-
-/// A fresh random nonce: 18 random bytes in base64 (printable, no `,`).
-fn random_nonce() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>())
 }
 
 /// A unique `<...>` timestamp for the APOP greeting (RFC 1939 §7).
