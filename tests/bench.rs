@@ -78,6 +78,25 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
+/// Checks a full-download report: no errors, at least `at_least` sessions, and every
+/// session retrieved all `msgs` messages of its user, `octets` in all. Returns the sessions.
+fn downloaded_everything(r: &Value, at_least: u64, msgs: usize, octets: u64, ctx: &str) -> u64 {
+    assert_eq!(n(&r["error_total_all"]), 0, "{ctx}: {r}");
+    let sessions = n(&r["sessions"]);
+    assert!(sessions >= at_least, "{ctx}: {r}");
+    assert_eq!(n(&r["messages"]), sessions * msgs as u64, "{ctx}: {r}");
+    assert_eq!(n(&r["bytes"]), sessions * octets, "{ctx}: {r}");
+    sessions
+}
+
+/// A users file with a wrong password for the first `count` users.
+fn wrong_users(fx: &Fixture, count: usize) -> std::path::PathBuf {
+    let path = fx.path().join("wrong-users");
+    let lines: String = (0..count).map(|i| format!("user{i}:nope\n")).collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
 #[test]
 fn every_login_method_retrieves_every_octet() {
     let (fx, msgs, octets) = fixture();
@@ -89,11 +108,7 @@ fn every_login_method_retrieves_every_octet() {
             &["--auth", auth, "--sessions", "6", "-c", "2"],
         );
         assert_eq!(r["auth"], auth);
-        assert_eq!(n(&r["error_total_all"]), 0, "{auth}: {r}");
-        let sessions = n(&r["sessions"]);
-        assert!(sessions >= 6, "{auth}: {r}");
-        assert_eq!(n(&r["messages"]), sessions * msgs as u64, "{auth}: {r}");
-        assert_eq!(n(&r["bytes"]), sessions * octets, "{auth}: {r}");
+        let sessions = downloaded_everything(&r, 6, msgs, octets, auth);
         let lat = &r["latency_ms"]["session"];
         assert_eq!(n(&lat["count"]), sessions, "{auth}: {r}");
         let (p50, p99, max) = (f(&lat["p50"]), f(&lat["p99"]), f(&lat["max"]));
@@ -110,9 +125,7 @@ fn every_login_method_retrieves_every_octet() {
 fn refused_logins_are_counted_by_kind() {
     let (fx, _, _) = fixture();
     let srv = Server::start(&fx, &[]);
-    let wrong = fx.path().join("wrong-users");
-    let lines: String = (0..USERS).map(|i| format!("user{i}:nope\n")).collect();
-    std::fs::write(&wrong, lines).unwrap();
+    let wrong = wrong_users(&fx, USERS);
     for auth in ["user", "scram-sha-256"] {
         let r = bench(
             &srv,
@@ -205,15 +218,10 @@ fn every_login_method_works_against_dovecot_too() {
             &fx.passwd_path(),
             &["--auth", auth, "--sessions", "4", "-c", "1"],
         );
-        assert_eq!(n(&r["error_total_all"]), 0, "{auth}: {r}\n{}", dv.log());
-        let sessions = n(&r["sessions"]);
-        assert!(sessions >= 4, "{auth}: {r}");
-        assert_eq!(n(&r["messages"]), sessions * msgs as u64, "{auth}: {r}");
-        assert_eq!(n(&r["bytes"]), sessions * octets, "{auth}: {r}");
+        downloaded_everything(&r, 4, msgs, octets, &format!("{auth}\n{}", dv.log()));
     }
     // A wrong password is an auth error there as well.
-    let wrong = fx.path().join("wrong-users");
-    std::fs::write(&wrong, "user0:nope\n").unwrap();
+    let wrong = wrong_users(&fx, 1);
     let r = bench_at(dv.addr, &wrong, &["--sessions", "1", "-c", "1"]);
     assert_eq!(n(&r["sessions"]), 0, "{r}");
     assert!(n(&r["errors_all"]["auth"]) >= 1, "{r}");

@@ -2160,7 +2160,10 @@ mod tests {
         let (a, b) = (sasl_nonce(), sasl_nonce());
         assert_ne!(a, b);
         assert_eq!(a.len(), 24);
-        assert!(a.bytes().all(|c| (0x21..=0x7e).contains(&c) && c != b','), "{a}");
+        assert!(
+            a.bytes().all(|c| (0x21..=0x7e).contains(&c) && c != b','),
+            "{a}"
+        );
     }
 
     #[test]
