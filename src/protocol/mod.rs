@@ -1,7 +1,7 @@
 //! The POP3 protocol engine, sans I/O.
 //!
-//! Owns: framing command lines ([`line`](mod@line)), parsing commands ([`command`]) and the session
-//! state machine with every reply's wire text ([`session`]).
+//! Owns: framing command lines ([`line`](mod@line)), parsing commands ([`command`]) and the
+//! session state machine with every reply's wire text ([`session`]).
 //!
 //! Architecture invariant: this module depends on nothing else in the crate and on no I/O
 //! crate (no sockets, files, clocks, glommio or rustls). It is fed bytes and results and

@@ -4,8 +4,9 @@
 //! and takes from before allocating a new one. Kept per thread (`thread_local!`), so with
 //! one executor per core a list is one core's and needs no lock. The line decoder keeps its
 //! buffers in one ([`super::line`]); the runtime keeps its reply and message-body buffers in
-//! others, and the load generator its receive buffers. A stream of commands and retrievals then reuses a few buffers instead of
-//! allocating for every command, and a connection that waits for its client holds none.
+//! others, and the load generator its receive buffers. A stream of commands and retrievals
+//! then reuses a few buffers instead of allocating for every command, and a connection that
+//! waits for its client holds none.
 
 use std::cell::RefCell;
 
