@@ -227,7 +227,7 @@ impl StreamTransform {
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         // One allocation up front instead of a doubling (and a copy of everything so far)
         // every few lines: room for a CR per 32 octets; very short lines may grow it once.
-        out.reserve(input.len() + input.len() / 32 + 8);
+        out.reserve(input.len() + input.len() / 32 + 8 + WIDE);
         if self.top.is_none() {
             self.push_whole(input, out);
             return;
@@ -278,7 +278,9 @@ impl StreamTransform {
     /// [`StreamTransform::push`] for RETR, where no line needs counting: the line feeds are
     /// found 64 bytes at a time as a bit mask ([`lf_mask`]), and only the bytes around each
     /// one are looked at. A message's lines average ~60 bytes, so this replaces a `memchr`
-    /// call per line (whose set-up dominates on short lines) with one mask per block.
+    /// call per line (whose set-up dominates on short lines) with one mask per block, and
+    /// each line is copied with one fixed-size copy ([`copy_line`]) instead of a `memcpy`
+    /// call of its length.
     fn push_whole(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let Some(&last) = input.last() else {
             return;
@@ -290,36 +292,34 @@ impl StreamTransform {
         let cr_before_input = self.last == Some(b'\r');
         // Start of the bytes not yet copied to `out`.
         let mut copied = 0;
-        let mut line_feed = |p: usize, out: &mut Vec<u8>| {
-            let had_cr = if p > 0 {
-                input[p - 1] == b'\r'
-            } else {
-                cr_before_input
+        for base in (0..input.len()).step_by(64) {
+            let mut mask = match input.get(base..base + 64) {
+                Some(block) => lf_mask(block.try_into().expect("64-byte block")),
+                None => {
+                    let mut block = [0u8; 64];
+                    block[..input.len() - base].copy_from_slice(&input[base..]);
+                    lf_mask(&block)
+                }
             };
-            if had_cr {
-                out.extend_from_slice(&input[copied..=p]);
-            } else {
-                out.extend_from_slice(&input[copied..p]);
-                out.extend_from_slice(b"\r\n");
-                altered = true;
-            }
-            copied = p + 1;
-            if input.get(p + 1) == Some(&b'.') {
-                out.push(b'.');
-                altered = true;
-            }
-        };
-        let mut blocks = input.chunks_exact(64);
-        for (k, block) in blocks.by_ref().enumerate() {
-            let mut mask = lf_mask(block.try_into().expect("64-byte block"));
             while mask != 0 {
-                line_feed(k * 64 + mask.trailing_zeros() as usize, out);
+                let p = base + mask.trailing_zeros() as usize;
                 mask &= mask - 1;
+                // Every line goes out as its bytes up to its CR or LF, then CRLF. A CR
+                // that ended the previous input went out with it; only the LF is left.
+                if p == 0 && cr_before_input {
+                    out.push(b'\n');
+                } else {
+                    let had_cr = p > 0 && input[p - 1] == b'\r';
+                    copy_line(out, input, copied, p - usize::from(had_cr));
+                    out.extend_from_slice(b"\r\n");
+                    altered |= !had_cr;
+                }
+                copied = p + 1;
+                if input.get(p + 1) == Some(&b'.') {
+                    out.push(b'.');
+                    altered = true;
+                }
             }
-        }
-        let tail = input.len() - blocks.remainder().len();
-        for p in memchr::memchr_iter(b'\n', blocks.remainder()) {
-            line_feed(tail + p, out);
         }
         out.extend_from_slice(&input[copied..]);
         self.altered |= altered;
@@ -354,6 +354,25 @@ impl StreamTransform {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(TERMINATOR);
+    }
+}
+
+/// Lines up to this long are copied with one fixed-size copy (see [`copy_line`]): most mail
+/// lines are shorter (RFC 5322 recommends at most 78 characters; base64 bodies use 76).
+const WIDE: usize = 128;
+
+/// Appends `input[from..to]` to `out`. When the input holds [`WIDE`] bytes from `from` and
+/// `out` has room for them, it copies all of them and cuts `out` back: a copy of a constant
+/// size compiles to a few vector moves, where a copy of a line's own length is a `memcpy`
+/// call whose set-up costs more than a short line.
+#[inline(always)]
+fn copy_line(out: &mut Vec<u8>, input: &[u8], from: usize, to: usize) {
+    let len = out.len();
+    if to - from <= WIDE && from + WIDE <= input.len() && out.capacity() - len >= WIDE {
+        out.extend_from_slice(&input[from..from + WIDE]);
+        out.truncate(len + (to - from));
+    } else {
+        out.extend_from_slice(&input[from..to]);
     }
 }
 
