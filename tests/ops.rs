@@ -871,3 +871,39 @@ fn total_and_per_user_limits() {
     );
     assert!(a.cmd("QUIT").starts_with("+OK"));
 }
+
+/// The server's descriptors that refer to `dir` itself (not to files in it).
+fn descriptors_on(pid: u32, dir: &std::path::Path) -> usize {
+    let dir = fs::canonicalize(dir).unwrap();
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == dir)
+        .count()
+}
+
+/// A logged-in session costs no descriptor but its socket until it retrieves a message; from
+/// then to its end it holds one on its maildrop's directory (messages are opened from there),
+/// and gives it back when it ends. Retrieval is unchanged by it.
+#[test]
+fn a_session_holds_its_maildrop_open_only_once_it_retrieves() {
+    let fx = fixture("");
+    fx.deliver("alice", "cur", "1700000000.M1P1.h:2,S", MSG);
+    let srv = Server::start(&fx, &[]);
+    let pid = srv.pid().unwrap();
+    let maildir = fx.maildir("alice");
+    let mut c = Pop3Client::connect(srv.addr);
+    assert!(c.login("alice", "pw").starts_with("+OK"));
+    assert!(c.cmd("STAT").starts_with("+OK 2 "));
+    assert_eq!(descriptors_on(pid, &maildir), 0, "held before any RETR");
+    for n in [1, 2, 1] {
+        let (st, body) = c.multi(&format!("RETR {n}"));
+        assert!(st.starts_with("+OK"), "{st}");
+        assert_eq!(body, common::expected_wire(MSG));
+        assert_eq!(descriptors_on(pid, &maildir), 1, "after RETR {n}");
+    }
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    eventually("the maildrop's descriptor closed", || {
+        descriptors_on(pid, &maildir) == 0
+    });
+}

@@ -3,8 +3,8 @@
 //!
 //! Owns: opening a message file and mapping it, and the safety argument for doing so; and
 //! the cache-only variants the serving core uses so that it never blocks on a cold disk
-//! ([`open_message_cached`]: `openat2` with `RESOLVE_CACHED`; [`read_at_cached`]: `preadv2`
-//! with `RWF_NOWAIT`). Either answers `WouldBlock` when the kernel would have to wait for
+//! ([`open_message_cached`] and [`open_dir_cached`]: `openat2` with `RESOLVE_CACHED`;
+//! [`read_at_cached`]: `preadv2` with `RWF_NOWAIT`). Either answers `WouldBlock` when the kernel would have to wait for
 //! I/O, and the caller then does the same work with the blocking calls on another thread.
 //!
 //! # Safety argument and residual risk
@@ -18,8 +18,10 @@
 //!
 //! Empty files are not mapped (mapping zero bytes fails); they read as an empty slice.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// Files up to this size are pre-faulted when mapped (MAP_POPULATE, on the blocking pool), so
@@ -55,9 +57,33 @@ fn not_regular() -> io::Error {
 /// the kernel's dentry and inode caches alone (`openat2(2)` with `RESOLVE_CACHED`), else
 /// `WouldBlock`. Kernels without `openat2` (or a seccomp filter that refuses it) also give
 /// `WouldBlock`; every error means "use [`open_message`] on a blocking thread instead".
+/// A relative `path` is resolved from `dir` (a handle from [`open_dir_cached`]), which
+/// spares the lookup of every directory above it; an absolute one ignores `dir`.
 /// Returns the file and its size.
-pub fn open_message_cached(path: &std::ffi::CStr) -> io::Result<(File, u64)> {
-    use std::os::fd::FromRawFd;
+pub fn open_message_cached(dir: Option<BorrowedFd<'_>>, path: &CStr) -> io::Result<(File, u64)> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let file = File::from(openat2_cached(dir, path, flags)?);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((file, meta.len()))
+}
+
+/// A handle (`O_PATH`) on the directory `path`, from the kernel's caches alone, to resolve
+/// [`open_message_cached`]'s relative paths from. Errors as for [`open_message_cached`].
+pub fn open_dir_cached(path: &CStr) -> io::Result<OwnedFd> {
+    openat2_cached(
+        None,
+        path,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    )
+}
+
+/// `openat2(dir or AT_FDCWD, path, flags, RESOLVE_CACHED)`; the errors that mean "not
+/// possible without waiting or without `openat2`" become `WouldBlock`.
+fn openat2_cached(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
     /// `struct open_how` of linux/openat2.h (libc's is `non_exhaustive`).
     #[repr(C)]
     struct OpenHow {
@@ -66,16 +92,18 @@ pub fn open_message_cached(path: &std::ffi::CStr) -> io::Result<(File, u64)> {
         resolve: u64,
     }
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+        flags: flags as u64,
         mode: 0,
         resolve: libc::RESOLVE_CACHED,
     };
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: `path` is NUL-terminated and `how` has open_how's layout and size; both
-    // outlive the call, and the kernel only reads them.
+    // outlive the call, and the kernel only reads them. `dirfd` is AT_FDCWD or a descriptor
+    // borrowed for the duration of the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
+            dirfd,
             path.as_ptr(),
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),
@@ -91,12 +119,7 @@ pub fn open_message_cached(path: &std::ffi::CStr) -> io::Result<(File, u64)> {
         });
     }
     // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd as std::os::fd::RawFd) };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(not_regular());
-    }
-    Ok((file, meta.len()))
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Reads into `buf` at `offset` only what the page cache already holds (`preadv2(2)` with

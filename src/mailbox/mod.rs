@@ -26,8 +26,10 @@ pub mod uidl;
 pub mod uidlist;
 
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::fs;
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,29 +249,37 @@ impl Snapshot {
     /// [`Snapshot::open_file`] without waiting for the disk ([`map::open_message_cached`]):
     /// only where the index says the message is, and only from the kernel's caches. Any error
     /// (`WouldBlock`, moved, gone) means: call [`Snapshot::open_file`] on a blocking thread.
+    /// With `root`, a handle on this maildrop's directory from [`Snapshot::open_root_cached`],
+    /// the path is looked up from there (`cur/…` or `new/…`) instead of from `/`.
     /// Also returns the file's size.
     ///
     /// Runs on the executors for every message a client retrieves, so the path is built in a
     /// per-thread scratch buffer, NUL-terminated, instead of a `PathBuf` and a `CString`
     /// (five allocations per message).
-    pub fn open_file_cached(&self, index: usize) -> io::Result<(std::fs::File, u64)> {
+    pub fn open_file_cached(
+        &self,
+        index: usize,
+        root: Option<BorrowedFd<'_>>,
+    ) -> io::Result<(std::fs::File, u64)> {
         use std::os::unix::ffi::OsStrExt;
-        thread_local! {
-            static PATH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let m = &self.inner.messages[index];
-        PATH.with_borrow_mut(|path| {
-            path.clear();
-            path.extend_from_slice(self.inner.root.as_os_str().as_bytes());
-            for part in [m.sub.dir(), &*m.file_name] {
-                path.push(b'/');
-                path.extend_from_slice(part.as_bytes());
-            }
-            path.push(0);
-            let path = std::ffi::CStr::from_bytes_with_nul(path)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
-            map::open_message_cached(path)
-        })
+        let (sub, name) = (m.sub.dir().as_bytes(), m.file_name.as_bytes());
+        let open = |path: &CStr| map::open_message_cached(root, path);
+        match root {
+            Some(_) => with_c_path(&[sub, name], open),
+            None => with_c_path(&[self.inner.root.as_os_str().as_bytes(), sub, name], open),
+        }
+    }
+
+    /// A handle on this maildrop's directory for [`Snapshot::open_file_cached`], from the
+    /// kernel's caches alone (else `WouldBlock`). It costs a descriptor: the runtime holds
+    /// one only while a session retrieves messages, and only so many per core.
+    pub fn open_root_cached(&self) -> io::Result<OwnedFd> {
+        use std::os::unix::ffi::OsStrExt;
+        with_c_path(
+            &[self.inner.root.as_os_str().as_bytes()],
+            map::open_dir_cached,
+        )
     }
 
     fn base(&self, index: usize) -> &str {
@@ -313,6 +323,27 @@ impl Snapshot {
 }
 
 /// Lists `new/` then `cur/`: Maildir message names, in delivery order, each base once.
+/// Runs `f` on the NUL-terminated path made of `parts` joined by `/`, built in a per-thread
+/// scratch buffer (no allocation on the serving path).
+fn with_c_path<T>(parts: &[&[u8]], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    thread_local! {
+        static PATH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PATH.with_borrow_mut(|path| {
+        path.clear();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(part);
+        }
+        path.push(0);
+        let path = CStr::from_bytes_with_nul(path)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+        f(path)
+    })
+}
+
 fn list(root: &Path) -> io::Result<Vec<(Sub, String)>> {
     let mut found: Vec<(Sub, String)> = Vec::new();
     for sub in [Sub::New, Sub::Cur] {
@@ -622,6 +653,7 @@ fn index_by_base(root: &Path) -> HashMap<String, PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     fn put(root: &Path, sub: &str, name: &str, bytes: &[u8]) {
         fs::write(root.join(sub).join(name), bytes).unwrap();
@@ -666,6 +698,43 @@ mod tests {
         assert_eq!(&*left.messages()[0].file_name, "1700000001.M40P1.h:2,");
         // Deleting something already gone is not a failure.
         assert_eq!(s.commit(&[0]), 0);
+    }
+
+    #[test]
+    fn cached_open_from_the_maildrop_handle_or_the_full_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("Maildir");
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000002.M1P1.h", b"in new\n");
+        put(&root, "cur", "1700000001.M1P1.h:2,S", b"in cur\n");
+        let s = Snapshot::load(&root).unwrap();
+        // Just written: the kernel has every path cached.
+        let handle = s.open_root_cached().unwrap();
+        let read = |r: io::Result<(fs::File, u64)>| {
+            let (f, size) = r.unwrap();
+            (io::read_to_string(f).unwrap(), size)
+        };
+        for root in [Some(handle.as_fd()), None] {
+            assert_eq!(read(s.open_file_cached(0, root)), ("in cur\n".into(), 7));
+            assert_eq!(read(s.open_file_cached(1, root)), ("in new\n".into(), 7));
+        }
+        // A message moved by another agent is not where the index says, with or without
+        // the handle: the caller falls back to `open_file`, which finds it.
+        fs::rename(
+            root.join("new/1700000002.M1P1.h"),
+            root.join("cur/1700000002.M1P1.h:2,S"),
+        )
+        .unwrap();
+        assert!(s.open_file_cached(1, Some(handle.as_fd())).is_err());
+        assert!(s.open_file_cached(1, None).is_err());
+        assert_eq!(
+            io::read_to_string(s.open_file(1).unwrap()).unwrap(),
+            "in new\n"
+        );
+        // Only regular files, and no symbolic link as the message.
+        fs::remove_file(root.join("cur/1700000001.M1P1.h:2,S")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("cur/1700000001.M1P1.h:2,S")).unwrap();
+        assert!(s.open_file_cached(0, Some(handle.as_fd())).is_err());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The per-connection driver: feeds a [`Session`] and carries out its [`Step`]s.
 //!
 //! Owns: reading and writing one connection, idle timeouts, running logins, message mapping
-//! and commits on the blocking pool, sending messages (one vectored `sendmsg` of status line +
-//! mapping + terminator when the index knows the stored form is already wire form and the
-//! connection is plaintext, so only the kernel reads the mapping; otherwise `pread` in 64 KiB
-//! chunks through a [`StreamTransform`], so a file truncated by another process reads short
-//! and can never raise SIGBUS), holding and releasing the maildrop lock, and the
-//! login/logout log lines. Also the TLS transport: the handshake before the greeting on an
+//! and commits on the blocking pool, sending messages (the status line, then the file with
+//! `sendfile` and the terminator when the message is known to be wire form already, the
+//! connection is plaintext and the message large enough to map, so only the kernel reads it;
+//! otherwise `pread` in 64 KiB chunks through a [`StreamTransform`], so a file truncated by
+//! another process reads short and can never raise SIGBUS), the session's handle on its
+//! maildrop's directory that messages are opened from ([`RootDir`]), holding and releasing
+//! the maildrop lock, and the login/logout log lines. Also the TLS transport: the handshake before the greeting on an
 //! implicit-TLS listener and after `+OK` to STLS, both bounded by `tls.handshake_timeout_secs`.
 //! Under TLS a message goes from its mapping through rustls (which copies it once, encrypting)
 //! and every write is flushed; the vectored raw `sendmsg` is for plaintext only.
@@ -164,6 +165,7 @@ pub(crate) fn run(
         sent: 0,
         received: 0,
         user_slot: None,
+        root_dir: RootDir::NotYet,
         _slot: None,
     };
     // `c` is moved into the future once and served in place (an `async fn` taking `self`
@@ -311,8 +313,41 @@ struct Conn {
     received: u64,
     /// The logged-in user's place in the per-user limit.
     user_slot: Option<UserSlot>,
+    /// A handle on the maildrop's directory once the session retrieves messages.
+    root_dir: RootDir,
     /// The connection's place in the connection limits, given back on drop.
     _slot: Option<ConnSlot>,
+}
+
+/// Directory handles held at once on one core. A session takes one at its first RETR or TOP
+/// and keeps it to the end (so an idle logged-in session holds no descriptor but its
+/// socket); while this many are held on its core, a session opens its messages by their
+/// full paths instead.
+const MAX_ROOT_DIRS: usize = 256;
+
+thread_local! {
+    /// [`HeldDir`]s alive on this thread (this executor).
+    static ROOT_DIRS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A session's handle on its maildrop's directory, so that opening each message looks up
+/// `cur/<name>` from there instead of every directory from `/` (a quarter of the path
+/// lookup's cost per message was the directories above the maildrop).
+enum RootDir {
+    /// No message retrieved yet.
+    NotYet,
+    Held(HeldDir),
+    /// Not in the kernel's caches, or [`MAX_ROOT_DIRS`] held on this core: full paths.
+    Unavailable,
+}
+
+/// One of this core's [`MAX_ROOT_DIRS`].
+struct HeldDir(std::os::fd::OwnedFd);
+
+impl Drop for HeldDir {
+    fn drop(&mut self) {
+        ROOT_DIRS.with(|n| n.set(n.get() - 1));
+    }
 }
 
 /// The result of a login attempt done on the blocking pool.
@@ -571,6 +606,26 @@ impl Conn {
         }
     }
 
+    /// The session's handle on its maildrop's directory ([`RootDir`]), opened at the first
+    /// call if this core holds fewer than [`MAX_ROOT_DIRS`] and the kernel has it cached.
+    fn root_dir(&mut self, snapshot: &Snapshot) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        if let RootDir::NotYet = self.root_dir {
+            let room = ROOT_DIRS.with(|n| n.get()) < MAX_ROOT_DIRS;
+            self.root_dir = match room.then(|| snapshot.open_root_cached()) {
+                Some(Ok(fd)) => {
+                    ROOT_DIRS.with(|n| n.set(n.get() + 1));
+                    RootDir::Held(HeldDir(fd))
+                }
+                Some(Err(_)) | None => RootDir::Unavailable,
+            };
+        }
+        match &self.root_dir {
+            RootDir::Held(dir) => Some(dir.0.as_fd()),
+            RootDir::NotYet | RootDir::Unavailable => None,
+        }
+    }
+
     /// `Step::Retrieve`: open (from the kernel's caches here, else on the blocking pool) and
     /// send one message.
     async fn on_retrieve(
@@ -603,7 +658,8 @@ impl Conn {
         let cached = if zero_copy {
             None
         } else {
-            open_body_cached(&snapshot, index)
+            let root = self.root_dir(&snapshot);
+            open_body_cached(&snapshot, index, root)
         };
         let opened = match cached {
             Some(body) => Ok(body),
@@ -1030,8 +1086,12 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
 
 /// [`open_body`] (not mapped) on the executor, using only what the kernel has cached:
 /// `None` when that is not enough, or on any error (the blocking path then reports it).
-fn open_body_cached(snapshot: &Snapshot, index: usize) -> Option<Body> {
-    let (file, end) = snapshot.open_file_cached(index).ok()?;
+fn open_body_cached(
+    snapshot: &Snapshot,
+    index: usize,
+    root: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Option<Body> {
+    let (file, end) = snapshot.open_file_cached(index, root).ok()?;
     first_chunk(file, end, spare::take(), true)
         .map_err(|(_, chunk)| spare::give(chunk))
         .ok()
