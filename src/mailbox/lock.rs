@@ -161,13 +161,18 @@ impl MaildropLock {
         let mut f = open_locked(&path)?;
         let mut content = String::new();
         let _ = f.read_to_string(&mut content);
-        let mtime = f.metadata().and_then(|m| m.modified()).ok();
+        let meta = f.metadata().ok();
+        let mtime = meta.as_ref().and_then(|m| m.modified().ok());
         if is_held(&path, &content, mtime) {
             return Err(LockError::InUse);
         }
         let seq = next_seq();
-        f.set_len(0)?;
-        f.rewind()?;
+        // A released lock is an empty file, and the read left us at its start: the token is
+        // simply written. Anything else (a stale token, unreadable bytes) is cut first.
+        if meta.is_none_or(|m| m.len() != 0) {
+            f.set_len(0)?;
+            f.rewind()?;
+        }
         f.write_all(token(seq).as_bytes())?;
         // Still under flock, so no other session of this process can look in between.
         if let Ok(mut h) = held_here().lock() {
@@ -264,12 +269,21 @@ mod tests {
                 id.nonce.wrapping_add(1)
             ),
             "garbage".to_string(),
+            "x".repeat(300),
             String::new(),
         ] {
             std::fs::write(&path, &stale).unwrap();
             let l = MaildropLock::acquire(dir.path()).expect(&stale);
+            // Exactly our token: nothing of a longer stale one is left behind it.
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), token(l.seq));
             l.release().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"", "released: empty");
         }
+        // Bytes that are not UTF-8 (unreadable as a token) are replaced whole too.
+        std::fs::write(&path, [0xff_u8; 200]).unwrap();
+        let l = MaildropLock::acquire(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), token(l.seq));
+        l.release().unwrap();
         // A live process on this host (our parent, with its real start time) holds it.
         let ppid = std::os::unix::process::parent_id();
         let held = format!("{} {} {} 1\n", ppid, process_start(ppid).unwrap(), id.host);
