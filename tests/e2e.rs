@@ -32,6 +32,29 @@ fn three() -> Fixture {
     )
 }
 
+/// A user whose Maildir does not exist yet (nothing delivered, or a new account) logs in to
+/// an empty maildrop, and the Maildir is created as Maildir readers expect it.
+#[test]
+fn first_login_creates_the_maildir() {
+    let fx = fixture_with("alice", &[]);
+    let maildir = fx.maildir("alice");
+    fs::remove_dir_all(&maildir).unwrap();
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    assert!(c.login("alice", "pw").starts_with("+OK"));
+    assert_eq!(c.cmd("STAT"), "+OK 0 0");
+    for sub in ["cur", "new", "tmp"] {
+        assert!(maildir.join(sub).is_dir(), "{sub}/ not created");
+    }
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    // Mail delivered into it afterwards is seen at the next login.
+    fx.deliver("alice", "new", "1700000001.M1P1.h", M1);
+    let mut c = Pop3Client::connect(srv.addr);
+    assert!(c.login("alice", "pw").starts_with("+OK"));
+    assert!(c.cmd("STAT").starts_with("+OK 1 "));
+    assert_eq!(c.multi("RETR 1").1, expected_wire(M1));
+}
+
 #[test]
 fn deletions_happen_only_after_quit() {
     let fx = three();

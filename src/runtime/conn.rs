@@ -1236,11 +1236,17 @@ fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>
             return Login::PermFail;
         }
     };
-    if let Err(e) = mailbox::ensure_maildir(&root) {
-        tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot create Maildir");
-        return io_failure(&e);
+    // The lock file lives in the Maildir: a first login finds no Maildir and creates it.
+    // (`Snapshot::load_with` makes sure of `cur/`, `new/` and `tmp/` under the lock.)
+    let mut acquired = MaildropLock::acquire(&root);
+    if matches!(&acquired, Err(LockError::Io(e)) if e.kind() == io::ErrorKind::NotFound) {
+        if let Err(e) = mailbox::ensure_maildir(&root) {
+            tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot create Maildir");
+            return io_failure(&e);
+        }
+        acquired = MaildropLock::acquire(&root);
     }
-    let lock = match MaildropLock::acquire(&root) {
+    let lock = match acquired {
         Ok(l) => l,
         Err(LockError::InUse) => return Login::InUse,
         Err(LockError::Io(e)) => {
