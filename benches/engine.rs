@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure parts: command framing and parsing, transfer plans and the
-//! streaming transform on the message shapes Maildirs hold, and a whole session transcript without sockets.
+//! streaming transform on the message shapes Maildirs hold, and a whole session transcript
+//! without sockets.
 //! Run: `cargo bench --bench engine`.
 
 use std::sync::Arc;

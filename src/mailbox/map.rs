@@ -4,8 +4,9 @@
 //! Owns: opening a message file and mapping it, and the safety argument for doing so; and
 //! the cache-only variants the serving core uses so that it never blocks on a cold disk
 //! ([`open_message_cached`] and [`open_dir_cached`]: `openat2` with `RESOLVE_CACHED`;
-//! [`read_at_cached`]: `preadv2` with `RWF_NOWAIT`). Either answers `WouldBlock` when the kernel would have to wait for
-//! I/O, and the caller then does the same work with the blocking calls on another thread.
+//! [`read_at_cached`]: `preadv2` with `RWF_NOWAIT`). Either answers `WouldBlock` when the
+//! kernel would have to wait for I/O, and the caller then does the same work with the
+//! blocking calls on another thread.
 //!
 //! # Safety argument and residual risk
 //! A mapping is only sound while nobody changes the file under it. Maildir guarantees this

@@ -273,7 +273,7 @@ impl Snapshot {
 
     /// A handle on this maildrop's directory for [`Snapshot::open_file_cached`], from the
     /// kernel's caches alone (else `WouldBlock`). It costs a descriptor: the runtime holds
-    /// one only while a session retrieves messages, and only so many per core.
+    /// one from a session's first RETR or TOP to its end, and only so many per core.
     pub fn open_root_cached(&self) -> io::Result<OwnedFd> {
         use std::os::unix::ffi::OsStrExt;
         with_c_path(
@@ -322,7 +322,6 @@ impl Snapshot {
     }
 }
 
-/// Lists `new/` then `cur/`: Maildir message names, in delivery order, each base once.
 /// Runs `f` on the NUL-terminated path made of `parts` joined by `/`, built in a per-thread
 /// scratch buffer (no allocation on the serving path).
 fn with_c_path<T>(parts: &[&[u8]], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
@@ -344,6 +343,7 @@ fn with_c_path<T>(parts: &[&[u8]], f: impl FnOnce(&CStr) -> io::Result<T>) -> io
     })
 }
 
+/// Lists `new/` then `cur/`: Maildir message names, in delivery order, each base once.
 fn list(root: &Path) -> io::Result<Vec<(Sub, String)>> {
     let mut found: Vec<(Sub, String)> = Vec::new();
     for sub in [Sub::New, Sub::Cur] {

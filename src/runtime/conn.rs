@@ -7,10 +7,11 @@
 //! otherwise `pread` in 64 KiB chunks through a [`StreamTransform`], so a file truncated by
 //! another process reads short and can never raise SIGBUS), the session's handle on its
 //! maildrop's directory that messages are opened from ([`RootDir`]), holding and releasing
-//! the maildrop lock, and the login/logout log lines. Also the TLS transport: the handshake before the greeting on an
-//! implicit-TLS listener and after `+OK` to STLS, both bounded by `tls.handshake_timeout_secs`.
-//! Under TLS a message goes from its mapping through rustls (which copies it once, encrypting)
-//! and every write is flushed; the vectored raw `sendmsg` is for plaintext only.
+//! the maildrop lock, and the login/logout log lines. Also the TLS transport: the handshake
+//! before the greeting on an implicit-TLS listener and after `+OK` to STLS, both bounded by
+//! `tls.handshake_timeout_secs`. Under TLS a message goes from its mapping through rustls
+//! (which copies it once, encrypting) and every write is flushed; the vectored raw
+//! `sendmsg` is for plaintext only.
 //!
 //! Logins: credentials (USER/PASS, APOP, SASL) are checked on the blocking pool. For SASL the
 //! driver answers `Step::SaslChallenge` with a random nonce (and, for SCRAM, the user's
@@ -331,8 +332,8 @@ thread_local! {
 }
 
 /// A session's handle on its maildrop's directory, so that opening each message looks up
-/// `cur/<name>` from there instead of every directory from `/` (a quarter of the path
-/// lookup's cost per message was the directories above the maildrop).
+/// `cur/<name>` or `new/<name>` from there instead of every directory from `/` (about half of
+/// the path lookup's cost per message was the directories above the maildrop).
 enum RootDir {
     /// No message retrieved yet.
     NotYet,
