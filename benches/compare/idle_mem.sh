@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idle logged-in connections: server memory per connection and new-session latency while
-# they are held. corepop (one process) and, optionally, Dovecot (one pop3 process per
-# logged-in session, so it is capped at DOVECOT_IDLE).
+# they are held. corepop (one process) and, optionally, Dovecot (up to 100 logged-in
+# sessions per pop3 process, lib.sh's client_limit; capped at DOVECOT_IDLE).
 #
 #   sudo benches/compare/idle_mem.sh                      # IDLE="5000 15000", DOVECOT_IDLE=2000
 #

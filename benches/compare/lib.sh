@@ -138,7 +138,7 @@ protocols = pop3
 listen = 127.0.0.1
 $ssl_conf
 disable_plaintext_auth = no
-# Every method `corepop bench --auth` speaks (run.sh AUTH=...); the passwords are {PLAIN},
+# Every method "corepop bench --auth" speaks (run.sh AUTH=...); the passwords are {PLAIN},
 # so Dovecot can answer APOP, CRAM-MD5 and SCRAM from them.
 auth_mechanisms = plain login apop cram-md5 scram-sha-1 scram-sha-256
 first_valid_uid = 1
@@ -169,7 +169,7 @@ $pop3s_conf
 }
 service pop3 {
   process_limit = $plimit
-  client_limit = 1
+  client_limit = ${DOVECOT_POP3_CLIENT_LIMIT:-100}
   service_count = ${DOVECOT_POP3_SERVICE_COUNT:-1000}
   process_min_avail = 2
 }

@@ -10,8 +10,9 @@
 # Servers, temporary directory and cleanup come from lib.sh, as in retr_large.sh and
 # idle_mem.sh: corepop (one thread here) serves the generated Maildir root and Dovecot its own
 # hard-linked copy (cp -al), so neither sees the other's renames or list files. Dovecot is the
-# tuned one all these scripts use (pop3-login with service_count = 0, pop3 processes reused
-# for DOVECOT_POP3_SERVICE_COUNT [1000] sessions; see README.md), so its figures are
+# tuned one all these scripts use (pop3-login with service_count = 0, pop3 processes serving
+# up to 100 sessions at once and reused for DOVECOT_POP3_SERVICE_COUNT [1000]; see
+# README.md), so its figures are
 # comparable with theirs. Timings are the client's wall time for
 # connect + USER + PASS + STAT + UIDL (whole listing read) + QUIT, median of 7 runs.
 #   warm:       the same Maildir logged into again (indexes and caches warm)

@@ -50,13 +50,16 @@
 #   TLS_RESUME [1]       with TLS: 0 = `bench --tls-no-resume`, full handshakes only
 #   KEY [rsa2048]        with TLS: server key, rsa2048 or ec256 (ECDSA P-256)
 #   IDLE [0]             hold this many extra logged-in, silent connections (users with empty
-#                        maildirs) during every measured run (`bench --idle`); Dovecot needs
-#                        one pop3 process per idle session, so its process_limit is raised
+#                        maildirs) during every measured run (`bench --idle`); Dovecot's
+#                        process_limit is raised to cover them
 #   COREPOP [<repo>/target/release/corepop]  binary to serve and to run `bench` with
 #   BUILD [1]            run `cargo build --release` first (only for the default COREPOP)
 #   COREPOP_THREADS []   set [server] threads for corepop (default: corepop's own default)
 #   DOVECOT_POP3_SERVICE_COUNT [1000]  pop3 processes are reused for this many sessions
 #                        (Dovecot's default is 1: a fresh process per session)
+#   DOVECOT_POP3_CLIENT_LIMIT [100]  sessions one pop3 process serves at once: the
+#                        performance issue's tuned Dovecot; 1 is Dovecot's default and
+#                        costs it ~1.5x the CPU per session (docs/benchmarks.md §1)
 #   RESULTS []           also write the Markdown table to this file
 #   KEEP [0]             1 = keep the temporary directory (corpus, certificate, configs, logs,
 #                        JSON)
@@ -92,6 +95,7 @@ COREPOP=${COREPOP:-$DEFAULT_COREPOP}
 BUILD=${BUILD:-1}
 COREPOP_THREADS=${COREPOP_THREADS:-}
 DOVECOT_POP3_SERVICE_COUNT=${DOVECOT_POP3_SERVICE_COUNT:-1000}
+DOVECOT_POP3_CLIENT_LIMIT=${DOVECOT_POP3_CLIENT_LIMIT:-100}
 RESULTS=${RESULTS:-}
 KEEP=${KEEP:-0}
 
@@ -298,7 +302,7 @@ TABLE=$(python3 "$HERE/summarize.py" "$TMP/results" \
   --note "each run: ${WARMUP} s warmup + ${DURATION} s measured; closed loop, one user never in two sessions at once${IDLE_ARGS:+; $IDLE idle logged-in connections held during each run}" \
   "${TLS_NOTES[@]}" \
   --note "machine: $(nproc) CPUs, $(uname -r)$MACHINE_TLS_NOTE; load generator, corepop and Dovecot share the CPUs (loopback)" \
-  --note "Dovecot: ${DOVECOT_TLS_NOTE}pop3-login service_count=0 (process_min_avail 2), pop3 client_limit=1, service_count=$DOVECOT_POP3_SERVICE_COUNT; corepop: ${COREPOP_TLS_NOTE}failure_delay_ms=0${COREPOP_THREADS:+, threads=$COREPOP_THREADS}" \
+  --note "Dovecot: ${DOVECOT_TLS_NOTE}pop3-login service_count=0 (process_min_avail 2), pop3 client_limit=$DOVECOT_POP3_CLIENT_LIMIT, service_count=$DOVECOT_POP3_SERVICE_COUNT; corepop: ${COREPOP_TLS_NOTE}failure_delay_ms=0${COREPOP_THREADS:+, threads=$COREPOP_THREADS}" \
   --note "server CPU = utime+stime of the server's whole process tree during the window / sessions in the window")
 echo
 echo "$TABLE"
