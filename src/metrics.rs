@@ -286,6 +286,8 @@ pub struct Globals {
     pub index_writes: u64,
     /// Connections open now on each executor (index = executor).
     pub executor_connections: Vec<u64>,
+    /// Times the watchdog interrupted each executor's thread (index = executor).
+    pub executor_stall_wakeups: Vec<u64>,
 }
 
 /// One scrape's values, written out by `prometheus-client`'s OpenMetrics text encoder.
@@ -350,6 +352,14 @@ impl Collector for Exposition {
             "Connections open now, by executor (new ones go to the least loaded).",
             "executor",
             g.executor_connections.iter().copied().enumerate(),
+        )?;
+        family(
+            e,
+            "corepop_executor_stall_wakeups",
+            Counter,
+            "Times an executor made no progress for a second and the watchdog interrupted its thread.",
+            "executor",
+            g.executor_stall_wakeups.iter().copied().enumerate(),
         )?;
         let mut m = e.encode_descriptor(
             "corepop_connections",

@@ -488,6 +488,13 @@ fn connections_are_spread_over_the_executors_and_counted_per_executor() {
     let [a, b] = per_executor(&text);
     assert_eq!(a + b, 12, "{text}");
     assert!(a.abs_diff(b) <= 6, "executors hold {a} and {b} connections");
+    // Each executor is watched: its watchdog count is exported, whatever its value.
+    for i in [0, 1] {
+        metric(
+            &text,
+            &format!("corepop_executor_stall_wakeups_total{{executor=\"{i}\"}}"),
+        );
+    }
     drop(held);
     eventually("both executors back to 0", || {
         per_executor(&scrape(admin)) == [0, 0]

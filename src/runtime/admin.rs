@@ -111,6 +111,7 @@ fn scrape(
             .index_writes
             .load(Ordering::Relaxed),
         executor_connections: shared.balance.counts(),
+        executor_stall_wakeups: shared.watchdog.wakeups(),
     };
     metrics::render(&sum, labels, &globals)
 }

@@ -9,7 +9,8 @@
 //! and reloading the TLS certificates on SIGHUP. Operations (`ops`): systemd socket
 //! activation and notifications, privilege drop before any thread starts, SIGHUP reloads of
 //! the configuration and passwd-file; connection limits and LOGIN-DELAY (`limits`); PROXY
-//! listeners (in `conn`); the metrics endpoint (`admin`).
+//! listeners (in `conn`); the metrics endpoint (`admin`); waking an executor whose thread
+//! has stopped making progress (`watchdog`).
 //!
 //! Executor settings measured on this project's machines (see RUNTIME-NOTES.md):
 //! `io_memory(64 KiB)` so that several servers fit an 8 MiB locked-memory limit, and
@@ -23,6 +24,7 @@ mod conn;
 mod limits;
 mod ops;
 mod sys;
+mod watchdog;
 
 pub use ops::ServeOptions;
 
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     pub ops: ops::Ops,
     /// Open connections per executor, for spreading new ones evenly.
     pub balance: balance::Balance,
+    /// Heartbeats of the executors, and the thread that wakes one that stops beating.
+    pub watchdog: Arc<watchdog::Watchdog>,
 }
 
 /// A login outcome from one core, for the penalty tables of the others.
@@ -263,6 +267,8 @@ pub fn serve_opts(
     ));
     let mail_opts = cfg.mail.load_options()?;
     let index_cache = crate::mailbox::IndexCache::new(cfg.mail.index_cache_size);
+    let watchdog = watchdog::Watchdog::new(threads, watchdog::STALL);
+    watchdog.start().context("starting the executor watchdog")?;
     let shared = Arc::new(Shared {
         cfg,
         session_cfg,
@@ -275,6 +281,7 @@ pub fn serve_opts(
         index_cache,
         ops: ops_state,
         balance: balance::Balance::new(threads),
+        watchdog,
     });
     let (metrics_tx, metrics_rx): (Vec<_>, Vec<_>) = (0..threads)
         .map(|_| flume::bounded::<admin::SnapshotRequest>(4))
@@ -478,6 +485,17 @@ async fn shard(
     );
     let gate = glommio::sync::Gate::new();
     let me = shared.balance.join();
+    shared.watchdog.register(me);
+    {
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(watchdog::BEAT).await;
+                shared.watchdog.beat(me);
+            }
+        })
+        .detach();
+    }
     let registry = std::rc::Rc::new(Registry {
         executor: me,
         penalties: std::cell::RefCell::new(penalties),
@@ -559,4 +577,5 @@ async fn shard(
         }
         tracing::warn!("shutdown grace period over; closing remaining sessions");
     }
+    shared.watchdog.unregister(me);
 }

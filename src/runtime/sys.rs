@@ -3,11 +3,13 @@
 //! Owns: creating the listening sockets ourselves (one per address, shared by all executors, a
 //! large backlog) and adopting them into glommio; a non-blocking vectored
 //! `sendmsg` so a status line and a message's first chunk leave in one system call; a
-//! non-blocking `sendfile` for messages sent as stored; and `shutdown(SHUT_RD)` to wake idle
-//! sessions at server shutdown.
+//! non-blocking `sendfile` for messages sent as stored; `shutdown(SHUT_RD)` to wake idle
+//! sessions at server shutdown; and the thread id and `tgkill` the watchdog uses to interrupt
+//! an executor's thread.
 //!
-//! Every `unsafe` here only turns a descriptor that a live object owns into a borrowed or owned
-//! handle; no memory is shared with the kernel beyond the duration of one call.
+//! Every `unsafe` here is a plain system call or turns a descriptor that a live object owns
+//! into a borrowed or owned handle; no memory is shared with the kernel beyond the duration of
+//! one call.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -309,4 +311,33 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
     }
     // glommio's io_uring setup and our own operations need nothing more.
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads: waking an executor's thread (runtime/watchdog.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// The calling thread's kernel id.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid(2) has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Sends `signal` to thread `tid` of this process (tgkill(2)): a thread of another process
+/// that happens to reuse the id is never hit.
+pub fn signal_thread(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: tgkill takes plain integers; the process id restricts it to our own threads.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid() as libc::c_long,
+            tid as libc::c_long,
+            signal as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
