@@ -485,17 +485,7 @@ async fn shard(
     );
     let gate = glommio::sync::Gate::new();
     let me = shared.balance.join();
-    shared.watchdog.register(me);
-    {
-        let shared = shared.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(watchdog::BEAT).await;
-                shared.watchdog.beat(me);
-            }
-        })
-        .detach();
-    }
+    shared.watchdog.watch(me);
     let registry = std::rc::Rc::new(Registry {
         executor: me,
         penalties: std::cell::RefCell::new(penalties),

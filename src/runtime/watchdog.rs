@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::sys;
 
 /// How often an executor's heartbeat counts up.
-pub const BEAT: Duration = Duration::from_millis(100);
+const BEAT: Duration = Duration::from_millis(100);
 /// How often the watch thread looks.
 const CHECK: Duration = Duration::from_millis(250);
 /// No heartbeat for this long: the executor's thread is interrupted.
@@ -60,8 +60,21 @@ impl Watchdog {
         })
     }
 
-    /// Called on the executor's own thread when it starts.
-    pub fn register(&self, executor: usize) {
+    /// Called on the executor's own thread when it starts: records the thread and starts its
+    /// heartbeat task (dropped with the executor).
+    pub fn watch(self: &Arc<Self>, executor: usize) {
+        self.register(executor);
+        let me = Arc::clone(self);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(BEAT).await;
+                me.beat(executor);
+            }
+        })
+        .detach();
+    }
+
+    fn register(&self, executor: usize) {
         self.tids[executor].store(sys::thread_id(), Relaxed);
     }
 
