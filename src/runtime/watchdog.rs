@@ -83,7 +83,8 @@ impl Watchdog {
         self.tids[executor].store(0, Relaxed);
     }
 
-    pub fn beat(&self, executor: usize) {
+    /// One heartbeat; only the task [`Watchdog::watch`] starts gives them.
+    fn beat(&self, executor: usize) {
         self.beats[executor].fetch_add(1, Relaxed);
     }
 
