@@ -83,7 +83,8 @@ impl Watchdog {
         self.tids[executor].store(0, Relaxed);
     }
 
-    /// One heartbeat; only the task [`Watchdog::watch`] starts gives them.
+    /// Counts one heartbeat of `executor`. Private: only the task that [`Watchdog::watch`]
+    /// starts (and this module's tests) may beat, so a beat always means the executor ran.
     fn beat(&self, executor: usize) {
         self.beats[executor].fetch_add(1, Relaxed);
     }
