@@ -15,9 +15,9 @@
 //! Throughput is the counter difference over the window; latency percentiles cover sessions
 //! that ended inside it. A progress line goes to stderr every second.
 //!
-//! TLS (`--tls implicit|starttls`): every connection, idle ones included, speaks TLS; one
-//! client configuration is shared by all workers, so sessions are resumed unless
-//! `--tls-no-resume`.
+//! TLS (`--tls implicit|starttls`): every connection, idle ones included, speaks TLS; each
+//! user's sessions keep their own session cache, so a user's sessions resume unless
+//! `--tls-no-resume` (idle connections, opened once per user, share one).
 //!
 //! Modules: [`client`] (the POP3 wire client), [`login`] (`--auth`: USER/PASS, APOP and
 //! SASL logins), [`session`] (what a session does per mode, and the live counters),
@@ -143,8 +143,8 @@ pub struct BenchArgs {
     /// Name sent in SNI and checked against the certificate (with --tls-ca).
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub tls_server_name: String,
-    /// No TLS session resumption: every connection makes a full handshake (by default all
-    /// workers share one session cache and resume, as real clients do).
+    /// No TLS session resumption: every connection makes a full handshake (by default each
+    /// user's sessions keep their own session cache and resume, as a mailbox's client does).
     #[arg(long, requires = "tls")]
     pub tls_no_resume: bool,
     /// Internal: run as an idle-connection worker process for users START..START+COUNT.

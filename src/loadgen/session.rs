@@ -142,7 +142,8 @@ pub struct Outcome {
 /// Connects (with TLS as configured), reads the greeting and logs in. Counts the TLS
 /// handshake.
 pub async fn open(cfg: &SessionCfg, user: &User, counters: &Counters) -> Result<Conn> {
-    let mut c = Conn::open(cfg.addr, None, cfg.timeout, cfg.buf_size, cfg.tls.as_ref()).await?;
+    let tls = cfg.tls.as_ref().map(|t| t.for_user(&user.name));
+    let mut c = Conn::open(cfg.addr, None, cfg.timeout, cfg.buf_size, tls.as_ref()).await?;
     if let Some(resumed) = c.tls_resumed() {
         counters.tls_handshakes.fetch_add(1, Relaxed);
         if resumed {

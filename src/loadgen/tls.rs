@@ -1,14 +1,18 @@
-//! TLS for the load generator (`--tls implicit|starttls`): the one shared rustls
-//! [`ClientConfig`] and the handshake.
+//! TLS for the load generator (`--tls implicit|starttls`): the rustls [`ClientConfig`]s and
+//! the handshake.
 //!
-//! All workers share one `ClientConfig`, so rustls's in-memory session cache lets a new
-//! connection resume a session an earlier one was given (what a real client polling the same
-//! server does); `--tls-no-resume` turns the cache off so every handshake is a full one.
+//! Each user's sessions get their own session cache ([`TlsClient::for_user`]), as each
+//! mailbox's client keeps its own: a user's session resumes the session that user's previous
+//! one was given, whatever the concurrency. (One cache shared by all workers, as before, holds
+//! only rustls's 8 tickets per server name, so at 256 connections most handshakes were full
+//! ones although the server would have resumed them.) `--tls-no-resume` turns caching off so
+//! every handshake is a full one.
 //! Certificates are verified against `--tls-ca`, or not at all with `--tls-insecure` (the
 //! handshake signature is still checked, so the client's handshake work stays realistic).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -51,7 +55,16 @@ pub struct TlsClient {
     pub mode: TlsMode,
     pub config: Arc<ClientConfig>,
     pub server_name: ServerName<'static>,
+    /// With resumption on, each user's configuration (a copy of `config` with its own session
+    /// cache), made on the user's first session.
+    per_user: Option<Arc<UserConfigs>>,
 }
+
+/// User name → that user's client configuration.
+type UserConfigs = Mutex<HashMap<String, Arc<ClientConfig>>>;
+
+/// Server names one user's session cache holds (tickets per name: rustls keeps up to 8).
+const USER_CACHE_NAMES: usize = 2;
 
 /// Largest read-ahead of the socket under TLS (see [`TlsIo`]).
 pub const READ_AHEAD: usize = 32 * 1024;
@@ -104,7 +117,33 @@ impl TlsClient {
             mode,
             config: Arc::new(config),
             server_name,
+            per_user: resume.then(Default::default),
         })
+    }
+
+    /// The client `user`'s sessions use: with resumption on, one whose session cache only
+    /// that user's sessions fill and draw on; otherwise this one.
+    pub fn for_user(&self, user: &str) -> TlsClient {
+        let Some(per_user) = &self.per_user else {
+            return self.clone();
+        };
+        let mut map = per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let config = match map.get(user) {
+            Some(c) => Arc::clone(c),
+            None => {
+                let mut c = (*self.config).clone();
+                c.resumption = Resumption::in_memory_sessions(USER_CACHE_NAMES);
+                let c = Arc::new(c);
+                map.insert(user.to_string(), Arc::clone(&c));
+                c
+            }
+        };
+        TlsClient {
+            mode: self.mode,
+            config,
+            server_name: self.server_name.clone(),
+            per_user: None,
+        }
     }
 
     /// Runs the handshake over `tcp`, within `limit`; the TLS layer reads the socket through
@@ -436,6 +475,30 @@ mod tests {
         assert_eq!(c.tls_handshakes, 3);
         // The first handshake is a full one; the session cache makes the others resume.
         assert_eq!(c.tls_resumed, 2);
+    }
+
+    #[test]
+    fn each_user_resumes_only_its_own_sessions() {
+        let pki = pki();
+        let (addr, events) = serve(&pki, TlsMode::Implicit, 4, false);
+        let tls = TlsClient::new(TlsMode::Implicit, Verify::Ca(&pki.ca), "localhost", true);
+        let cfg = cfg(addr, tls.unwrap());
+        let counters = Counters::default();
+        let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+        let other = User {
+            name: "v".into(),
+            password: "p".into(),
+        };
+        // u, v, u, v: each user's first handshake is a full one although the other user
+        // has tickets by then; each user's second one resumes.
+        let mut resumed = Vec::new();
+        for u in [user(), other.clone(), user(), other] {
+            let before = counters.snapshot().tls_resumed;
+            crate::loadgen::block_on(session::run(&cfg, &u, &mut rng, &counters)).unwrap();
+            assert_eq!(events.recv().unwrap(), "QUIT");
+            resumed.push(counters.snapshot().tls_resumed - before);
+        }
+        assert_eq!(resumed, [0, 0, 1, 1]);
     }
 
     #[test]
