@@ -287,7 +287,7 @@ print("; ".join(parts))
 EOF
   )
   if [[ $TLS_RESUME == 1 ]]; then
-    resume_note="the load generator's workers share one rustls session cache (resumption on); resumed handshakes in the measured windows: $RESUMED"
+    resume_note="each user's sessions keep their own rustls session cache in the load generator (resumption on); resumed handshakes in the measured windows: $RESUMED"
   else
     resume_note="bench --tls-no-resume: every handshake is a full one"
   fi
