@@ -420,15 +420,27 @@ fn pipelined_commands_answer_in_order() {
 
 #[test]
 fn messages_around_the_read_chunk_size_are_exact() {
-    // The driver reads non-wire-form messages in 64 KiB chunks: sizes on and around the
-    // chunk boundaries, with a line end or a dot-line right at the boundary.
+    // The driver reads non-wire-form messages in chunks, 64 KiB first and 256 KiB after
+    // that: sizes on and around the chunk boundaries, with a line end or a dot-line right at
+    // the boundary.
     const CHUNK: usize = 64 * 1024;
+    const LARGE: usize = 256 * 1024;
     let mut fx = Fixture::new();
     fx.add_user("eve", "pw");
     let mut bodies = Vec::new();
-    for (i, size) in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 2]
-        .into_iter()
-        .enumerate()
+    for (i, size) in [
+        CHUNK - 1,
+        CHUNK,
+        CHUNK + 1,
+        2 * CHUNK,
+        2 * CHUNK + 2,
+        CHUNK + LARGE - 1,
+        CHUNK + LARGE,
+        CHUNK + LARGE + 1,
+        CHUNK + 2 * LARGE + 3,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut m = b"Subject: chunks\n\n".to_vec();
         while m.len() < size {
