@@ -420,11 +420,12 @@ fn pipelined_commands_answer_in_order() {
 
 #[test]
 fn messages_around_the_read_chunk_size_are_exact() {
-    // The driver reads non-wire-form messages in chunks, 64 KiB first and 256 KiB after
-    // that: sizes on and around the chunk boundaries, with a line end or a dot-line right at
-    // the boundary.
+    // The driver reads non-wire-form messages in 64 KiB chunks, and those of 1 MiB or more
+    // in 256 KiB chunks after the first: sizes on and around the chunk boundaries and the
+    // 1 MiB threshold, with a line end or a dot-line right at the boundary.
     const CHUNK: usize = 64 * 1024;
     const LARGE: usize = 256 * 1024;
+    const LARGE_MESSAGE: usize = 1024 * 1024;
     let mut fx = Fixture::new();
     fx.add_user("eve", "pw");
     let mut bodies = Vec::new();
@@ -434,10 +435,11 @@ fn messages_around_the_read_chunk_size_are_exact() {
         CHUNK + 1,
         2 * CHUNK,
         2 * CHUNK + 2,
-        CHUNK + LARGE - 1,
-        CHUNK + LARGE,
-        CHUNK + LARGE + 1,
-        CHUNK + 2 * LARGE + 3,
+        LARGE_MESSAGE - 1,
+        LARGE_MESSAGE,
+        CHUNK + 4 * LARGE - 1,
+        CHUNK + 4 * LARGE,
+        CHUNK + 4 * LARGE + 1,
     ]
     .into_iter()
     .enumerate()

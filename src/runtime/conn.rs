@@ -4,7 +4,8 @@
 //! and commits on the blocking pool, sending messages (the status line, then the file with
 //! `sendfile` and the terminator when the message is known to be wire form already, the
 //! connection is plaintext and the message large enough to map, so only the kernel reads it;
-//! otherwise `pread` in chunks (64 KiB, then 256 KiB) through a [`StreamTransform`], so a file truncated by
+//! otherwise `pread` in chunks (64 KiB; 256 KiB after the first for a message of 1 MiB or
+//! more) through a [`StreamTransform`], so a file truncated by
 //! another process reads short and can never raise SIGBUS), the session's handle on its
 //! maildrop's directory that messages are opened from ([`RootDir`]), holding and releasing
 //! the maildrop lock, and the login/logout log lines. Also the TLS transport: the handshake
@@ -63,12 +64,18 @@ impl crate::protocol::Maildrop for Maildrop {
 /// Largest first chunk of a message read and transformed at once: most messages are smaller,
 /// so they cost one `pread` and one `sendmsg`, and their buffers stay in the executor's pool.
 const CHUNK: usize = 64 * 1024;
-/// Largest later chunk of a message bigger than [`CHUNK`]. Fewer, larger reads and sends mean
-/// fewer system calls and fewer wake-ups of the reader: a 20 MB LF-stored RETR took 12-17 %
-/// less server CPU than with 64 KiB chunks (docs/benchmarks.md §3). Buffers grown to this
-/// size are freed after the message rather than kept in the pool, and both together (about
-/// 520 KiB) still fit the second-level cache the transform works in.
+/// Largest later chunk of a message of at least [`LARGE_MESSAGE`] octets. Fewer, larger reads
+/// and sends mean fewer system calls and fewer wake-ups of the reader: a 20 MB LF-stored RETR
+/// took 12-17 % less server CPU than with 64 KiB chunks (docs/benchmarks.md §3). Both buffers
+/// together (about 520 KiB) still fit the second-level cache the transform works in.
 const LARGE_CHUNK: usize = 256 * 1024;
+/// Messages from this size on are read in [`LARGE_CHUNK`]s after the first chunk. Buffers
+/// that large are freed after the message rather than kept in the executor's pool, so for
+/// a message of a few hundred KiB their allocation costs about what the saved calls gain (a
+/// full-download A/B with 256 KiB chunks for every message over 64 KiB showed no gain: a
+/// median 9 % more CPU per session in seven pairs, within this host's noise); from 1 MiB
+/// on, that cost is spread over the message.
+const LARGE_MESSAGE: u64 = 1024 * 1024;
 /// Bytes read from the socket at a time; small, since this buffer lives as long as the session
 /// (commands are a few dozen octets; a pipelining client or a long AUTH line just takes more
 /// reads). 64 keeps an idle connection's task in a smaller allocator size class.
@@ -1128,8 +1135,9 @@ fn first_chunk(
 }
 
 /// Reads the next chunk of a message at `offset` into the start of `buf`: up to [`CHUNK`]
-/// bytes for the first, [`LARGE_CHUNK`] for later ones, and never past `end`, the file's
-/// size when it was opened, so a small message costs one `pread`. `buf` only grows (zero-filled) when it is shorter than that; bytes
+/// bytes for the first, [`LARGE_CHUNK`] for later ones of a message of [`LARGE_MESSAGE`] or
+/// more, and never past `end`, the file's size when it was opened, so a small message costs
+/// one `pread`. `buf` only grows (zero-filled) when it is shorter than that; bytes
 /// past the chunk are left as they were. Returns the chunk's length, and true at the end
 /// of the message: `end` reached, or the file ended early (truncated by another process:
 /// the transfer ends short, the driver closes cleanly). `cached_only`: never wait for the
@@ -1142,7 +1150,11 @@ fn read_chunk(
     cached_only: bool,
 ) -> io::Result<(usize, bool)> {
     use std::os::unix::fs::FileExt;
-    let limit = if offset == 0 { CHUNK } else { LARGE_CHUNK };
+    let limit = if offset == 0 || end < LARGE_MESSAGE {
+        CHUNK
+    } else {
+        LARGE_CHUNK
+    };
     let size = end.saturating_sub(offset).min(limit as u64) as usize;
     if buf.len() < size {
         buf.resize(size, 0);
