@@ -4,9 +4,9 @@
 //! Each user's sessions get their own session cache ([`TlsClient::for_user`]), as each
 //! mailbox's client keeps its own: a user's session resumes the session that user's previous
 //! one was given, whatever the concurrency. (One cache shared by all workers, as before, holds
-//! only rustls's 8 tickets per server name, so at 256 connections most handshakes were full
-//! ones although the server would have resumed them.) `--tls-no-resume` turns caching off so
-//! every handshake is a full one.
+//! only rustls's 8 tickets per server name, so at 256 connections about half the handshakes
+//! were full ones although the server would have resumed them.) `--tls-no-resume` turns
+//! caching off so every handshake is a full one.
 //! Certificates are verified against `--tls-ca`, or not at all with `--tls-insecure` (the
 //! handshake signature is still checked, so the client's handshake work stays realistic).
 

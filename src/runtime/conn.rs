@@ -5,8 +5,8 @@
 //! `sendfile` and the terminator when the message is known to be wire form already, the
 //! connection is plaintext and the message large enough to map, so only the kernel reads it;
 //! otherwise `pread` in chunks (64 KiB; 256 KiB after the first for a message of 1 MiB or
-//! more) through a [`StreamTransform`], so a file truncated by
-//! another process reads short and can never raise SIGBUS), the session's handle on its
+//! more) through a [`StreamTransform`], so a file truncated by another process reads short
+//! and can never raise SIGBUS), the session's handle on its
 //! maildrop's directory that messages are opened from ([`RootDir`]), holding and releasing
 //! the maildrop lock, and the login/logout log lines. Also the TLS transport: the handshake
 //! before the greeting on an implicit-TLS listener and after `+OK` to STLS, both bounded by
@@ -66,8 +66,8 @@ impl crate::protocol::Maildrop for Maildrop {
 const CHUNK: usize = 64 * 1024;
 /// Largest later chunk of a message of at least [`LARGE_MESSAGE`] octets. Fewer, larger reads
 /// and sends mean fewer system calls and fewer wake-ups of the reader: a 20 MB LF-stored RETR
-/// took 12-17 % less server CPU than with 64 KiB chunks (docs/benchmarks.md §3). Both buffers
-/// together (about 520 KiB) still fit the second-level cache the transform works in.
+/// took 12-17 % less server CPU than with 64 KiB chunks (docs/benchmarks.md §3). The chunk
+/// and its wire form take about 520 KiB while such a message is being sent.
 const LARGE_CHUNK: usize = 256 * 1024;
 /// Messages from this size on are read in [`LARGE_CHUNK`]s after the first chunk. Buffers
 /// that large are freed after the message rather than kept in the executor's pool, so for
@@ -1040,9 +1040,9 @@ mod spare {
 
     thread_local! {
         /// Message-body buffers: enough for the connections that are sending a message at
-        /// the same moment on one core, which a loaded core rarely exceeds; a message's first
-        /// chunk never needs more than the largest kept (buffers grown for the later, larger
-        /// chunks of a big message are freed when it has been sent).
+        /// the same moment on one core, which a loaded core rarely exceeds; a 64 KiB chunk
+        /// never needs more than the largest kept (buffers grown for the 256 KiB chunks of a
+        /// message of 1 MiB or more are freed when it has been sent).
         static BODIES: Spares = const { Spares::new(32, 2 * super::CHUNK + 64) };
         /// Reply buffers (status lines, listings): a connection takes one when a command
         /// arrives and gives it back, empty, before it waits for the next, so an idle
