@@ -85,7 +85,9 @@ fn messages() -> Vec<(String, Vec<u8>)> {
     };
     let mut big_crlf = hdr("big-crlf", "\r\n").into_bytes();
     let mut big_lf = hdr("big-lf", "\n").into_bytes();
-    for i in 0..6000 {
+    // Both large messages pass 1 MiB, so under TLS too they are read 64 KiB first and then in
+    // the driver's 256 KiB chunks.
+    for i in 0..24000 {
         big_crlf.extend_from_slice(
             format!("line {i:05} of a wire-clean message, sent from the mapping\r\n").as_bytes(),
         );
@@ -93,6 +95,7 @@ fn messages() -> Vec<(String, Vec<u8>)> {
             format!("line {i:05} of an LF message\n.dot-stuffed line {i}\n").as_bytes(),
         );
     }
+    assert!(big_crlf.len() > 1 << 20 && big_lf.len() > 1 << 20);
     let small_crlf = format!("{}Hello over TLS.\r\n", hdr("small-crlf", "\r\n")).into_bytes();
     let small_lf =
         format!("{}Dots:\n.\n..two\nno final newline", hdr("small-lf", "\n")).into_bytes();
