@@ -191,3 +191,32 @@ fn bad_format_is_refused_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("uidl_format"), "{err}");
 }
+
+/// A `dovecot-uidlist` whose header corepop does not understand, with a UIDL format built
+/// from UIDs: the login is refused with [SYS/TEMP] (the mail is not shown as gone), and
+/// neither the list nor the message is changed. The same Maildir with `%f` UIDLs is served.
+#[test]
+fn damaged_uidlist_refuses_a_uid_format_login_and_changes_nothing() {
+    let mut fx = Fixture::new();
+    fx.add_user(USER, PASS);
+    let name = "1700000001.M1P1.h";
+    fx.deliver(USER, "new", name, b"Subject: a\n\nx\n");
+    let list = fx.maildir(USER).join("dovecot-uidlist");
+    fs::write(&list, "9 V1 N2\n1 1700000001.M1P1.h\n").unwrap();
+    fx.config(&format!("[mail]\nuidl_format = \"%08Xu%08Xv\"\n{ROOT_OK}"));
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
+    let r = c.cmd(&format!("PASS {PASS}"));
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "PASS: {r}");
+    drop(c);
+    drop(srv);
+    assert_eq!(
+        fs::read_to_string(&list).unwrap(),
+        "9 V1 N2\n1 1700000001.M1P1.h\n"
+    );
+    assert!(fx.maildir(USER).join("new").join(name).exists());
+    let srv = Server::start(&fx, &["--uidl-format", "%f"]);
+    let (uidl, _) = listings(srv.addr);
+    assert_eq!(uidl, [format!("1 {name}")]);
+}

@@ -117,7 +117,8 @@ impl Snapshot {
     /// `%08Xu%08Xv` (Dovecot's default) when the Maildir has a `dovecot-uidlist`, Courier's
     /// `UID<u>-<v>` for messages listed in `courierpop3dsizelist`, otherwise `%f` (the base
     /// name). A UIDL that is not valid (over 70 characters, characters outside 0x21–0x7E) is
-    /// replaced by `H` + the MD5 of it.
+    /// replaced by `H` + the MD5 of it. A `dovecot-uidlist` whose header is not understood is
+    /// not used: with a format that needs UIDs, `Err(InvalidData)`.
     ///
     /// Order: by UID (after any `O` POP3 order records, as Dovecot) when UIDs are in use,
     /// otherwise delivery order (the seconds of the file name, then `M<usecs>`, then the name).
@@ -434,6 +435,18 @@ fn load_uncached(
             &auto_format
         }
     };
+    if dovecot.is_err() && format.needs_uids() {
+        // Without the list there are no UIDs to build these UIDLs from, and a new list would
+        // give the messages new ones. Refusing the login (the caller answers [SYS/TEMP]) tells
+        // the user something is wrong; an empty listing would say there is no mail.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "dovecot-uidlist not understood, and the UIDL format {} needs its UIDs",
+                format.as_str()
+            ),
+        ));
+    }
     let courier = match &opts.uidl_format {
         None if format.is_base_name() => uidlist::read_courier(root),
         _ => None,
@@ -867,6 +880,17 @@ mod tests {
         fs::write(root.join(uidlist::DOVECOT_UIDLIST), "garbage\n").unwrap();
         let s = Snapshot::load(&root).unwrap();
         assert_eq!(uidls(&s), ["1700000001.M1P1.h"]);
+        assert_eq!(
+            fs::read(root.join(uidlist::DOVECOT_UIDLIST)).unwrap(),
+            b"garbage\n"
+        );
+        // A format built from UIDs cannot be served from it: an error, not an empty listing,
+        // and the list is still not touched.
+        let uid_opts = LoadOptions {
+            uidl_format: Some(UidlFormat::parse(uidl::DOVECOT_DEFAULT).unwrap()),
+        };
+        let e = Snapshot::load_with(&root, &uid_opts, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
         assert_eq!(
             fs::read(root.join(uidlist::DOVECOT_UIDLIST)).unwrap(),
             b"garbage\n"
