@@ -22,9 +22,10 @@
 //! delivery order (Dovecot sorts new files by the time in their names, too). Records whose
 //! files are gone are kept: Dovecot drops them itself on its next sync.
 //!
-//! `courierpop3dsizelist`: `/<version> <next uid> <uidvalidity>` then
-//! `<file name> <size> [<uid>:<uidvalidity>[:...]]` lines; Courier's UIDL is
-//! `UID<uid>-<uidvalidity>`. corepop only reads it.
+//! `courierpop3dsizelist`: `/<version> <next uid> [<uidvalidity>]` then
+//! `<file name> <size> <uid>:<uidvalidity>[:<utf8>]` lines; Courier's UIDL is
+//! `UID<uid>-<uidvalidity>` with the line's own UIDVALIDITY (see [`read_courier`]). corepop
+//! only reads it.
 //!
 //! Does not own: listing the Maildir or choosing UIDLs (see [`super::Snapshot`]).
 
@@ -344,35 +345,58 @@ pub fn assign_uids(root: &Path, new_files: &[&str], create: bool) -> io::Result<
     Ok(list)
 }
 
-/// Courier's record of one message: its UIDL as Courier reported it.
+/// Courier's record of each message it listed: base name → the UIDL Courier reported, read
+/// as Courier's `pop3dserver` reads the file. The header must be `/2` or `/3` and the next
+/// UID (its UIDVALIDITY field is not used: each line carries its own). A line is
+/// `<file name> <size> <uid>:<uidvalidity>[:<utf8>]`, split at its last two spaces (a file
+/// name may hold spaces); a line that does not parse is skipped. The UIDL is
+/// `UID<uid>-<uidvalidity>`, `UID<uid>` when the line's UIDVALIDITY is 0, and for UID 0 the
+/// base name with bytes outside 0x21–0x7E and `'`, `"`, `+` written as `+XX` (hex).
 pub fn read_courier(root: &Path) -> Option<HashMap<String, String>> {
     let text = fs::read_to_string(root.join(COURIER_SIZELIST)).ok()?;
-    let mut lines = text.lines();
-    let header = lines.next()?;
-    let mut h = header.strip_prefix('/')?.split(' ');
-    let _version: u32 = h.next()?.parse().ok()?;
+    let mut lines = text.split('\n');
+    let mut h = lines.next()?.strip_prefix('/')?.split(' ');
+    let version: u32 = h.next()?.parse().ok()?;
     let _next: u64 = h.next()?.parse().ok()?;
-    let uidv: u64 = h.next()?.parse().ok()?;
+    if version != 2 && version != 3 {
+        return None;
+    }
     let mut map = HashMap::new();
     for line in lines {
-        let mut f = line.split(' ');
-        let (Some(name), Some(_size)) = (f.next(), f.next()) else {
+        let Some((base, uidl)) = courier_line(line) else {
             continue;
         };
-        let base = name.split_once(':').map_or(name, |(b, _)| b);
-        let Some(uid) = f
-            .next()
-            .and_then(|u| u.split(':').next())
-            .and_then(|u| u.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if !base.is_empty() {
-            map.entry(base.to_owned())
-                .or_insert_with(|| format!("UID{uid}-{uidv}"));
-        }
+        map.entry(base.to_owned()).or_insert(uidl);
     }
     Some(map)
+}
+
+/// One `courierpop3dsizelist` line: (base name, UIDL).
+fn courier_line(line: &str) -> Option<(&str, String)> {
+    let mut f = line.rsplitn(3, ' ');
+    let ids = f.next()?;
+    let _size: u64 = f.next()?.parse().ok()?;
+    let name = f.next().filter(|n| !n.is_empty())?;
+    let mut ids = ids.split(':');
+    let uid: u64 = ids.next()?.parse().ok()?;
+    let uidv: u64 = ids.next()?.parse().ok()?;
+    if let Some(utf8) = ids.next() {
+        let _: i32 = utf8.parse().ok()?;
+    }
+    let base = name.split_once(':').map_or(name, |(b, _)| b);
+    let uidl = match (uid, uidv) {
+        (0, _) => base.bytes().fold(String::new(), |mut out, b| {
+            if (0x21..=0x7e).contains(&b) && !matches!(b, b'\'' | b'"' | b'+') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("+{b:02X}"));
+            }
+            out
+        }),
+        (u, 0) => format!("UID{u}"),
+        (u, v) => format!("UID{u}-{v}"),
+    };
+    Some((base, uidl))
 }
 
 #[cfg(test)]
@@ -441,13 +465,39 @@ mod tests {
     #[test]
     fn courier_list() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(
-            dir.path().join(COURIER_SIZELIST),
-            "/2 10 1234\n1.M1.h:2,S 100 3:1234\nold.h 5\n\nx\n",
-        )
-        .unwrap();
-        let m = read_courier(dir.path()).unwrap();
+        let read = |text: &str| {
+            fs::write(dir.path().join(COURIER_SIZELIST), text).unwrap();
+            read_courier(dir.path())
+        };
+        let m = read("/2 10 1234\n1.M1.h:2,S 100 3:1234\nold.h 5\n\nx\n").unwrap();
         assert_eq!(m["1.M1.h"], "UID3-1234");
         assert_eq!(m.len(), 1);
+        // Each line's own UIDVALIDITY (Courier gives a new message the one of the session
+        // that first saw it), `UID<n>` without one, the escaped name for UID 0, names with
+        // spaces, version 3's UTF-8 flag, a header without UIDVALIDITY.
+        let m = read(
+            "/3 9\n\
+             1.M1.h:2,S 10 1:1600000000:0\n\
+             2.M1.h 20 2:1700000000:1\n\
+             3.M1.h 30 3:0:0\n\
+             4 a+b'c\"d.h:2, 40 0:1700000000:0\n\
+             5 x.h 50 5:1700000000:0\n\
+             6.M1.h 60 6\n\
+             7.M1.h 70 7:1:x\n\
+             8.M1.h 1700000000 8:7:0",
+        )
+        .unwrap();
+        assert_eq!(m["1.M1.h"], "UID1-1600000000");
+        assert_eq!(m["2.M1.h"], "UID2-1700000000");
+        assert_eq!(m["3.M1.h"], "UID3");
+        assert_eq!(m["4 a+b'c\"d.h"], "4+20a+2Bb+27c+22d.h");
+        assert_eq!(m["5 x.h"], "UID5-1700000000");
+        assert_eq!(m["8.M1.h"], "UID8-7");
+        assert_eq!(m.len(), 6, "{m:?}");
+        // Versions Courier does not read itself.
+        assert!(read("/1 9 5\n1.M1.h 10 1:5\n").is_none());
+        assert!(read("/4 9 5\n1.M1.h 10 1:5\n").is_none());
+        assert!(read("/3\n1.M1.h 10 1:5\n").is_none());
+        assert!(read("3 9 5\n1.M1.h 10 1:5\n").is_none());
     }
 }
