@@ -1,7 +1,8 @@
 //! POP3 command parsing.
 //!
 //! Owns: turning one framed line into a typed [`Command`]. Keywords are case-insensitive;
-//! arguments are separated by spaces (runs of spaces and trailing spaces are tolerated).
+//! arguments are separated by single spaces (RFC 1939 §3): a lone trailing space after the
+//! keyword means no arguments, any other empty argument (`LIST  1`, `RETR 1 `) is an error.
 //! Message numbers are parsed into [`MsgNum`], which cannot be zero, so `RETR 0` can never
 //! mean message 1. `PASS` takes the rest of the line verbatim, since passwords may contain
 //! spaces (RFC 1939 §7 notes this).

@@ -153,7 +153,9 @@ impl SaslError {
             SaslError::ChannelBinding => "Channel binding is not supported.",
             SaslError::NonceMismatch => "[AUTH] SCRAM nonce mismatch.",
             SaslError::BindingMismatch => "[AUTH] SCRAM channel binding data mismatch.",
-            SaslError::Cancelled => "[AUTH] Authentication cancelled.",
+            // No `[AUTH]`: RFC 3206 §4 reserves it for a problem with the credentials, and a
+            // client that cancels has not been told its password is wrong (Dovecot: no code).
+            SaslError::Cancelled => "Authentication cancelled.",
         }
     }
 }

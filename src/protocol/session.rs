@@ -483,7 +483,11 @@ impl<M: Maildrop> Session<M> {
             let len = match self.decoder.next_line() {
                 None => return Step::NeedInput,
                 Some(Line::TooLong) => {
-                    if self.exchange.is_some() {
+                    if let Some(Exchange::Ack) = self.exchange {
+                        // Not the empty response that acknowledges the server-final.
+                        self.exchange = None;
+                        return self.refuse_server_final(out);
+                    } else if self.exchange.is_some() {
                         if let Some(step) = self.sasl_fail(out, SaslError::TooLong) {
                             return step;
                         }
@@ -848,15 +852,21 @@ impl<M: Maildrop> Session<M> {
                 ok(out, "Logged in.");
                 return None;
             }
-            // The client refused our server-final: do not stay logged in.
-            err(out, SaslError::Cancelled.reply());
-            self.finish();
-            return Some(Step::Close);
+            return Some(self.refuse_server_final(out));
         }
         match sasl::decode_response(line) {
             Ok(msg) => self.sasl_advance(ex, msg, out),
             Err(e) => self.sasl_fail(out, e),
         }
+    }
+
+    /// The client answered the SCRAM server-final with something other than the empty
+    /// response (`*`, data, an over-long line): it does not trust us, so it is not logged in.
+    fn refuse_server_final(&mut self, out: &mut Vec<u8>) -> Step {
+        self.decoder.set_sasl(false);
+        err(out, SaslError::Cancelled.reply());
+        self.finish();
+        Step::Close
     }
 
     /// Feeds a decoded client message to the exchange at `ex`.

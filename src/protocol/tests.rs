@@ -824,7 +824,7 @@ fn scram_errors() {
     let mut h = Harness::new();
     start(&mut h);
     h.send(&format!("{}\r\n", b64(v.client_final)));
-    assert_eq!(h.send("*\r\n"), "-ERR [AUTH] Authentication cancelled.\r\n");
+    assert_eq!(h.send("*\r\n"), "-ERR Authentication cancelled.\r\n");
     assert!(h.closed);
 }
 
@@ -846,7 +846,7 @@ fn sasl_bad_input() {
     );
     // Cancel: not a failed login, the session carries on.
     assert_eq!(h.send("AUTH LOGIN\r\n"), cont("Username:"));
-    assert_eq!(h.send("*\r\n"), "-ERR [AUTH] Authentication cancelled.\r\n");
+    assert_eq!(h.send("*\r\n"), "-ERR Authentication cancelled.\r\n");
     // Commands during an exchange are responses, not commands.
     assert_eq!(h.send("AUTH PLAIN\r\n"), "+ \r\n");
     assert_eq!(
@@ -917,4 +917,46 @@ fn command_counts_by_keyword_are_drained_once() {
         vec![("PASS", 1), ("STAT", 2), ("USER", 1), ("unknown", 1)]
     );
     h.s.take_command_counts(|k, n| panic!("drained twice: {k} {n}"));
+}
+
+/// RFC 3206 §4: `[AUTH]` says the user's credentials are at fault. A client that cancels an
+/// exchange with `*` (RFC 5034 §4), or refuses the SCRAM server-final, has not been told its
+/// credentials are wrong; Dovecot answers `-ERR Authentication aborted by client.` without a
+/// code. A client that sees `[AUTH]` may ask its user for a new password.
+#[test]
+fn sasl_cancel_has_no_auth_code() {
+    let mut h = Harness::new();
+    assert_eq!(h.send("AUTH PLAIN\r\n"), "+ \r\n");
+    assert_eq!(h.send("*\r\n"), "-ERR Authentication cancelled.\r\n");
+    assert!(!h.closed);
+    h.login();
+    // Refusing the SCRAM server-final.
+    let v = scram_vector(Mechanism::ScramSha256);
+    let mut h = Harness::new();
+    h.send(&format!("AUTH SCRAM-SHA-256 {}\r\n", b64(v.client_first)));
+    h.send(&format!("{}\r\n", b64(v.client_final)));
+    assert_eq!(h.send("*\r\n"), "-ERR Authentication cancelled.\r\n");
+    assert!(h.closed);
+}
+
+/// RFC 5034 §4: after the SCRAM server-final the client must answer with an empty response
+/// before it is logged in. An over-long line in its place is no acknowledgement: the session
+/// must not be left in TRANSACTION after an `-ERR` (the client would believe the login failed
+/// while it holds the maildrop lock).
+#[test]
+fn scram_overlong_acknowledgement_is_a_refusal() {
+    let v = scram_vector(Mechanism::ScramSha256);
+    let mut h = Harness::new();
+    h.send(&format!("AUTH SCRAM-SHA-256 {}\r\n", b64(v.client_first)));
+    assert_eq!(
+        h.send(&format!("{}\r\n", b64(v.client_final))),
+        cont(format!("v={}", v.server_signature))
+    );
+    let long = "A".repeat(MAX_LINE + 10);
+    assert_eq!(
+        h.send(&format!("{long}\r\nSTAT\r\n")),
+        "-ERR Authentication cancelled.\r\n"
+    );
+    assert!(h.closed);
+    assert!(h.committed.is_empty());
 }
