@@ -670,11 +670,14 @@ fn utf8<'a>(bytes: &'a [u8], field: &'static str) -> Result<&'a str, ParseWarnin
 }
 
 /// uid/gid field: empty → `None`; else a number other than 0 and u32::MAX.
+/// Digits only, as Dovecot's str_to_uid() (`+1000` is not a number there;
+/// it would be looked up as a user name and fail).
 fn parse_id(field: Option<&[u8]>) -> Result<Option<u32>, ()> {
     match field {
         None | Some(b"") => Ok(None),
         Some(f) => std::str::from_utf8(f)
             .ok()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<u32>().ok())
             .filter(|&id| id != 0 && id != u32::MAX)
             .map(Some)
@@ -853,6 +856,10 @@ mod tests {
             ("root0:{PLAIN}pw:0:0", None),
             ("named:{PLAIN}pw:vmail:vmail", None),
             ("biggid:{PLAIN}pw:1000:4294967295", None),
+            // Dovecot's str_to_uid() takes digits only; "+1000" would be
+            // looked up as a user name.
+            ("plusuid:{PLAIN}pw:+1000:1000", None),
+            ("plusgid:{PLAIN}pw:1000:+1000", None),
             ("../etc:{PLAIN}pw", None),
             ("%u:{PLAIN}pw", None),
             (".hidden:{PLAIN}pw", None),
@@ -975,6 +982,21 @@ mod tests {
             assert!(!shown.contains("secret"), "{shown}");
         }
         assert_eq!(f.warnings().len(), 2);
+    }
+
+    /// Whitespace after a base64 hash (here at the end of the line) is
+    /// skipped by Dovecot's base64 decoder: `doveadm pw -t` verifies it.
+    #[test]
+    fn trailing_space_after_base64_hash() {
+        let f = parse(
+            "alice:{SHA}h0Vy56WuaklGamrFeLmK26eMaqY= \n\
+             bob:{SSHA256}SjxoC5ZHUDzhF4ZDWfP0i04+gqKs2AtXoXmB9TjjyNS3WWve :1000:1000\n",
+        );
+        assert!(f.warnings().is_empty(), "{:?}", f.warnings());
+        for u in ["alice", "bob"] {
+            assert_eq!(ok_user(f.authenticate(u, &plain("Tr0ub4dor&3"))).user, u);
+            assert_eq!(f.authenticate(u, &plain("Tr0ub4dor&")), AuthOutcome::Failed);
+        }
     }
 
     #[test]

@@ -7,17 +7,24 @@
 //! Without a suffix a scheme's default encoding applies; for fixed-length
 //! digests (SHA, SHA256, PLAIN-MD5 …) Dovecot guesses hex when the data is
 //! exactly twice the digest length and base64 otherwise, and so do we.
+//! Base64 is decoded like Dovecot 2.3's `base64_decode()`: spaces, tabs, CR
+//! and LF are skipped, the `=` padding is required (SCRAM salts excepted:
+//! Dovecot decodes those leniently).
 //!
-//! Bare values: `$1$salt$hash` is MD5-CRYPT (anything after a further `$` is
-//! ignored, as in Dovecot); `$6$` SHA512-CRYPT, `$5$` SHA256-CRYPT,
-//! `$2a$`/`$2b$`/`$2x$`/`$2y$` BLF-CRYPT, `$argon2i$`/`$argon2id$` ARGON2I/ID;
-//! anything else uses the configured default scheme (normally CRYPT, which
-//! itself dispatches on the crypt(3) prefix and falls back to DES).
+//! Bare values (Dovecot `password_get_scheme()`): `$1$salt$hash` is
+//! MD5-CRYPT (anything after a further `$` is ignored); anything else uses the
+//! configured default scheme, normally CRYPT, which dispatches on the crypt(3)
+//! prefix (`$1$`, `$5$`, `$6$`, `$2a$`/`$2b$`/`$2x$`/`$2y$`) and falls back to
+//! DES. So a bare `$argon2id$…` needs `{ARGON2ID}` (or that default scheme),
+//! as in Dovecot, where crypt(3) cannot check it. DES-CRYPT, SHA256-CRYPT and
+//! SHA512-CRYPT are, like CRYPT, crypt(3) in Dovecot: each accepts any of
+//! these formats (`{SHA512-CRYPT}$5$…` verifies).
 //!
 //! Not supported (verification returns [`SchemeError::Unsupported`]):
-//! DIGEST-MD5, HMAC-MD5, PLAIN-MD4, LANMAN, NTLM, OTP, SKEY, RPA, and crypt(3)
-//! formats other than DES/`$1$`/`$2?$`/`$5$`/`$6$` (notably yescrypt `$y$`,
-//! the Debian default for /etc/shadow since bullseye).
+//! DIGEST-MD5 (needs the login name), OTP, SKEY, LANMAN, NTLM, RPA, and
+//! crypt(3) formats other than DES/`$1$`/`$2?$`/`$5$`/`$6$` (notably yescrypt
+//! `$y$`, the Debian default for /etc/shadow since bullseye, which Dovecot
+//! checks through libxcrypt).
 //!
 //! Rules that hold for every scheme:
 //! - digest comparisons are constant-time (`subtle`);
@@ -35,6 +42,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
+use md4::Md4;
 use md5::Md5;
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
@@ -109,6 +117,8 @@ enum Enc {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Alg {
+    /// PLAIN-MD4 only (RFC 1320).
+    Md4,
     Md5,
     Sha1,
     Sha256,
@@ -118,7 +128,7 @@ enum Alg {
 impl Alg {
     fn len(self) -> usize {
         match self {
-            Alg::Md5 => 16,
+            Alg::Md4 | Alg::Md5 => 16,
             Alg::Sha1 => 20,
             Alg::Sha256 => 32,
             Alg::Sha512 => 64,
@@ -135,6 +145,7 @@ impl Alg {
             Zeroizing::new(d.finalize().to_vec())
         }
         match self {
+            Alg::Md4 => run::<Md4>(parts),
             Alg::Md5 => run::<Md5>(parts),
             Alg::Sha1 => run::<Sha1>(parts),
             Alg::Sha256 => run::<Sha256>(parts),
@@ -230,9 +241,10 @@ static SCHEMES: &[SchemeDef] = &[
     ),
     def("PBKDF2", Kind::Pbkdf2, Enc::None, 0, false),
     def("CRAM-MD5", Kind::CramMd5, Enc::Hex, 32, false),
-    def("HMAC-MD5", Kind::Unsupported, Enc::Hex, 32, true),
+    // Dovecot's HMAC-MD5 is the same as CRAM-MD5 (same generate function).
+    def("HMAC-MD5", Kind::CramMd5, Enc::Hex, 32, true),
     def("DIGEST-MD5", Kind::Unsupported, Enc::Hex, 16, false),
-    def("PLAIN-MD4", Kind::Unsupported, Enc::Hex, 16, true),
+    def("PLAIN-MD4", Kind::Digest(Alg::Md4), Enc::Hex, 16, true),
     def("LANMAN", Kind::Unsupported, Enc::Hex, 16, true),
     def("NTLM", Kind::Unsupported, Enc::Hex, 16, true),
     def("OTP", Kind::Unsupported, Enc::None, 0, false),
@@ -268,6 +280,8 @@ static SUPPORTED: &[&str] = &[
     "SCRAM-SHA-256",
     "PBKDF2",
     "CRAM-MD5",
+    "HMAC-MD5",
+    "PLAIN-MD4",
 ];
 
 /// Canonical names of the schemes [`verify`] can check (most can also be
@@ -352,26 +366,8 @@ fn parse_stored<'a>(stored: &'a str, default_scheme: &str) -> Result<Parsed<'a>,
             });
         }
     }
-    let bare = if stored.starts_with("$6$") {
-        Some(Kind::Sha512Crypt)
-    } else if stored.starts_with("$5$") {
-        Some(Kind::Sha256Crypt)
-    } else if is_bcrypt_prefix(stored.as_bytes()) {
-        Some(Kind::BlfCrypt)
-    } else if stored.starts_with("$argon2id$") {
-        Some(Kind::Argon2id)
-    } else if stored.starts_with("$argon2i$") {
-        Some(Kind::Argon2i)
-    } else {
-        None
-    };
-    if let Some(kind) = bare {
-        return Ok(Parsed {
-            def: def_of(kind),
-            explicit_enc: None,
-            data: stored,
-        });
-    }
+    // Any other bare value ($6$…, $2y$…, $argon2id$…, DES) is the default
+    // scheme's: CRYPT (the usual default) then dispatches on the prefix.
     let (def, explicit_enc) = lookup_scheme(default_scheme)?;
     Ok(Parsed {
         def,
@@ -388,14 +384,44 @@ fn is_bcrypt_prefix(s: &[u8]) -> bool {
         && s[3] == b'$'
 }
 
-/// Lenient standard base64, like Dovecot's decoder: padding optional,
-/// non-zero trailing bits accepted.
+/// Standard base64 as Dovecot 2.3's `base64_decode()` takes it: padding
+/// required, non-zero trailing bits accepted.
+const B64_DOVECOT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Like [`B64_DOVECOT`] with the padding optional: for SCRAM salts, which
+/// Dovecot decodes with `t_base64_decode_str()`, ignoring a missing `=`.
 const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)
         .with_decode_allow_trailing_bits(true),
 );
+
+/// Decode base64 the way Dovecot does: spaces, tabs, CRs and LFs anywhere
+/// are skipped (`doveadm pw -t '{SHA}h0Vy56Wu aklG…='` verifies).
+fn b64_decode(engine: &GeneralPurpose, data: &str) -> Option<Vec<u8>> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    if data.bytes().any(is_space) {
+        let compact = Zeroizing::new(data.bytes().filter(|&b| !is_space(b)).collect::<Vec<u8>>());
+        engine.decode(&*compact).ok()
+    } else {
+        engine.decode(data).ok()
+    }
+}
+
+/// A decimal number as Dovecot's `str_to_uint()` takes it: digits only (no
+/// sign, no spaces), no overflow.
+fn parse_uint(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
 
 /// Dovecot password_decode().
 fn decode<'a>(
@@ -421,9 +447,7 @@ fn decode<'a>(
             match try_hex.then(|| hex::decode(data).ok()).flatten() {
                 Some(v) => Cow::Owned(v),
                 None => Cow::Owned(
-                    B64_LENIENT
-                        .decode(data)
-                        .map_err(|_| malformed("invalid base64 encoding"))?,
+                    b64_decode(&B64_DOVECOT, data).ok_or(malformed("invalid base64 encoding"))?,
                 ),
             }
         }
@@ -441,7 +465,17 @@ fn as_str<'a>(scheme: &'static str, raw: &'a [u8]) -> Result<&'a str, SchemeErro
     })
 }
 
-/// Resolve CRYPT (and DES-CRYPT) data to the concrete crypt(3) algorithm.
+/// Schemes that are crypt(3) in Dovecot (password-scheme-crypt.c registers
+/// DES-CRYPT, SHA256-CRYPT and SHA512-CRYPT with the same verify function as
+/// CRYPT): the data's prefix, not the scheme name, picks the algorithm.
+fn is_crypt3(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Crypt | Kind::DesCrypt | Kind::Sha256Crypt | Kind::Sha512Crypt
+    )
+}
+
+/// Resolve crypt(3) data ([`is_crypt3`]) to the concrete algorithm.
 /// `None` means "empty data": nothing matches it.
 fn crypt_target(data: &[u8]) -> Result<Option<Kind>, SchemeError> {
     if data.is_empty() {
@@ -481,12 +515,10 @@ fn crypt_target(data: &[u8]) -> Result<Option<Kind>, SchemeError> {
 pub fn identify(stored: &str, opts: &PasswdOptions) -> Result<&'static str, SchemeError> {
     let p = parse_stored(stored, &opts.default_scheme)?;
     match p.def.kind {
-        Kind::Crypt | Kind::DesCrypt if p.explicit_enc.is_none() => {
-            match crypt_target(p.data.as_bytes())? {
-                Some(Kind::DesCrypt) | None => Ok(def_of(Kind::DesCrypt).name),
-                Some(k) => Ok(def_of(k).name),
-            }
-        }
+        k if is_crypt3(k) && p.explicit_enc.is_none() => match crypt_target(p.data.as_bytes())? {
+            Some(Kind::DesCrypt) | None => Ok(def_of(Kind::DesCrypt).name),
+            Some(k) => Ok(def_of(k).name),
+        },
         Kind::Unsupported => Err(SchemeError::Unsupported(p.def.name.into())),
         _ => Ok(p.def.name),
     }
@@ -529,7 +561,7 @@ fn run(
     }
     let raw = Zeroizing::new(decode(p.def, p.explicit_enc, p.data)?.into_owned());
     let mut def = p.def;
-    if matches!(def.kind, Kind::Crypt | Kind::DesCrypt) {
+    if is_crypt3(def.kind) {
         match crypt_target(&raw)? {
             // Empty crypt data: crypt(3) would "match" it; Dovecot refuses.
             None => return Ok((def_of(Kind::DesCrypt).name, false)),
@@ -557,15 +589,20 @@ fn verify_kind(
     match kind {
         Kind::Plain => Ok(password.is_none_or(|pw| ct_eq(raw, pw))),
         Kind::PlainTrunc => {
+            // Dovecot plain_trunc_verify(): digits (possibly none: length 0)
+            // then '-'.
             let dash = raw
                 .iter()
                 .position(|&b| !b.is_ascii_digit())
-                .filter(|&i| i > 0 && raw[i] == b'-')
+                .filter(|&i| raw[i] == b'-')
                 .ok_or(malformed("missing <length>- prefix"))?;
-            let trunc_len: usize = std::str::from_utf8(&raw[..dash])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(malformed("bad length"))?;
+            let trunc_len: usize = match &raw[..dash] {
+                [] => 0,
+                digits => std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(malformed("bad length"))?,
+            };
             let Some(password) = password else {
                 return Ok(true);
             };
@@ -851,34 +888,46 @@ fn scram_verify(
     raw: &[u8],
     password: Option<&[u8]>,
 ) -> Result<bool, SchemeError> {
-    let malformed = |reason| SchemeError::Malformed { scheme, reason };
     let s = as_str(scheme, raw)?;
-    let fields: Vec<&str> = s.split(',').collect();
-    let [iter, salt, stored_key, server_key] = fields[..] else {
-        return Err(malformed("expected iter,salt,StoredKey,ServerKey"));
-    };
-    let iterations: u32 = iter.parse().map_err(|_| malformed("bad iteration count"))?;
-    if !(SCRAM_MIN_ITERATIONS..=SCRAM_MAX_ITERATIONS).contains(&iterations) {
-        return Err(malformed("iteration count out of range"));
-    }
-    let salt = B64_LENIENT
-        .decode(salt)
-        .map_err(|_| malformed("bad salt"))?;
-    let stored_key = B64_LENIENT
-        .decode(stored_key)
-        .ok()
-        .filter(|k| k.len() == alg.len())
-        .ok_or(malformed("bad StoredKey"))?;
-    B64_LENIENT
-        .decode(server_key)
-        .ok()
-        .filter(|k| k.len() == alg.len())
-        .ok_or(malformed("bad ServerKey"))?;
+    let f = parse_scram(alg, s).map_err(|reason| SchemeError::Malformed { scheme, reason })?;
     let Some(password) = password else {
         return Ok(true);
     };
-    let (computed, _) = scram_keys(alg, password, &salt, iterations);
-    Ok(ct_eq(&computed, &stored_key))
+    let (computed, _) = scram_keys(alg, password, &f.salt, f.iterations);
+    Ok(ct_eq(&computed, &f.stored_key))
+}
+
+/// The fields of a stored SCRAM verifier.
+struct ScramFields {
+    iterations: u32,
+    salt: Vec<u8>,
+    stored_key: Zeroizing<Vec<u8>>,
+    server_key: Zeroizing<Vec<u8>>,
+}
+
+/// `iter,salt,StoredKey,ServerKey` as Dovecot's scram_scheme_parse() takes
+/// it: a plain decimal iteration count in range, keys in (padded) base64 of
+/// the hash's length; the salt is decoded leniently, as Dovecot does.
+fn parse_scram(alg: Alg, s: &str) -> Result<ScramFields, &'static str> {
+    let fields: Vec<&str> = s.split(',').collect();
+    let [iter, salt, stored_key, server_key] = fields[..] else {
+        return Err("expected iter,salt,StoredKey,ServerKey");
+    };
+    let iterations = parse_uint(iter).ok_or("bad iteration count")?;
+    if !(SCRAM_MIN_ITERATIONS..=SCRAM_MAX_ITERATIONS).contains(&iterations) {
+        return Err("iteration count out of range");
+    }
+    let key = |f: &str| {
+        b64_decode(&B64_DOVECOT, f)
+            .filter(|k| k.len() == alg.len())
+            .map(Zeroizing::new)
+    };
+    Ok(ScramFields {
+        iterations,
+        salt: b64_decode(&B64_LENIENT, salt).ok_or("bad salt")?,
+        stored_key: key(stored_key).ok_or("bad StoredKey")?,
+        server_key: key(server_key).ok_or("bad ServerKey")?,
+    })
 }
 
 const PBKDF2_ROUNDS_DEFAULT: u32 = 5_000;
@@ -898,9 +947,9 @@ fn pbkdf2_verify(raw: &[u8], password: Option<&[u8]>) -> Result<bool, SchemeErro
     let [salt, rounds, hash_hex] = fields[..] else {
         return Err(malformed("expected $1$salt$rounds$hash"));
     };
-    let rounds: u32 = rounds
-        .parse()
-        .ok()
+    // Dovecot's str_to_uint(): digits only. (Dovecot takes 0 too, then its
+    // PBKDF2 fails and leaves an all-zero key; that is refused here.)
+    let rounds: u32 = parse_uint(rounds)
         .filter(|&r| r > 0)
         .ok_or(malformed("bad rounds"))?;
     let want = hex::decode(hash_hex)
@@ -978,7 +1027,8 @@ fn cram_md5_context_of(stored: &str, opts: &PasswdOptions) -> Option<Zeroizing<[
         return Some(cram_md5_context(&plain));
     }
     let p = parse_stored(stored, &opts.default_scheme).ok()?;
-    if p.def.kind != Kind::CramMd5 {
+    // {CRAM-MD5} or its alias {HMAC-MD5} (weak in Dovecot 2.4).
+    if p.def.kind != Kind::CramMd5 || (p.def.weak && !opts.allow_weak_schemes) {
         return None;
     }
     let raw = Zeroizing::new(decode(p.def, p.explicit_enc, p.data).ok()?.into_owned());
@@ -1086,27 +1136,13 @@ pub fn scram_secret_of(stored: &str, alg: ScramAlg, opts: &PasswdOptions) -> Opt
     }
     let raw = Zeroizing::new(decode(p.def, p.explicit_enc, p.data).ok()?.into_owned());
     let s = std::str::from_utf8(&raw).ok()?;
-    let fields: Vec<&str> = s.split(',').collect();
-    let [iter, salt, stored_key, server_key] = fields[..] else {
-        return None;
-    };
-    let iterations: u32 = iter.parse().ok()?;
-    if !(SCRAM_MIN_ITERATIONS..=SCRAM_MAX_ITERATIONS).contains(&iterations) {
-        return None;
-    }
-    let dec = |f: &str| {
-        B64_LENIENT
-            .decode(f)
-            .ok()
-            .filter(|k| k.len() == alg.len())
-            .map(Zeroizing::new)
-    };
+    let f = parse_scram(alg.alg(), s).ok()?;
     Some(ScramSecret {
         alg,
-        salt: B64_LENIENT.decode(salt).ok()?,
-        iterations,
-        stored_key: dec(stored_key)?,
-        server_key: dec(server_key)?,
+        salt: f.salt,
+        iterations: f.iterations,
+        stored_key: f.stored_key,
+        server_key: f.server_key,
     })
 }
 
@@ -1570,8 +1606,6 @@ mod tests {
             ("$1$abcdefgh$FErPkDeIHv781e9EexumS.", "MD5-CRYPT"),
             // Dovecot ignores anything after a third '$' of a bare MD5-CRYPT.
             ("$1$abcdefgh$FErPkDeIHv781e9EexumS.$ignored", "MD5-CRYPT"),
-            ("$argon2i$v=19$m=256,t=3,p=1$YXlcFsT4gJXPNzzDubDsvg$VEnkSRGOMpZZYxS1EqJTuxrwdC/hEuyF3WSZMdf7c3g", "ARGON2I"),
-            ("$argon2id$v=19$m=256,t=2,p=1$JJAPFP9eQiD1/nmn07i0yQ$Ua5/scILcYxxqYWs1dZhpII3kpFllElzgfJQmWnaR/Q", "ARGON2ID"),
             // Default scheme CRYPT → traditional DES.
             ("abWL7Sj501Z46", "DES-CRYPT"),
             ("by.0ld3yPzDSs", "DES-CRYPT"),
@@ -1643,15 +1677,15 @@ mod tests {
             verify("{PLAIN-MD5}Ts5XphMjtSzP/b7wIZVnVA==", PW, &opts()),
             Ok(true)
         );
-        // Unpadded base64 is accepted.
-        assert_eq!(
+        // Unpadded base64 is refused, as by Dovecot's base64_decode().
+        assert!(matches!(
             verify(
                 "{SHA256}SEhuFRToQjRv9AWx5F9EBZroJhnyMG+Z0JQNyzhukfc",
                 PW,
                 &opts()
             ),
-            Ok(true)
-        );
+            Err(SchemeError::Malformed { .. })
+        ));
         // "MD5" is MD5-CRYPT or PLAIN-MD5 depending on the data.
         assert_eq!(
             verify("{MD5}$1$2VIlXgBJ$wCcOr7lU62Cxf5s13Hfom1", PW, &opts()),
@@ -1671,7 +1705,6 @@ mod tests {
             "{SSHA256}SEhuFRToQjRv9AWx5F9EBZroJhnyMG+Z0JQNyzhukfc=", // no salt
             "{SHA512-CRYPT}$6$salt",         // no hash
             "{SHA512-CRYPT}$6$salt$short",   // hash too short
-            "{SHA512-CRYPT}$5$pK/M7QSLzzqjSZEZ$MnvklnJHNTvL7G2tbYDw6wIhx0hl54E1cESmxMlwOd/",
             "$6$rounds=10$saltsalt$fwlamBrOqmO1d1IGBZuoDbiBLysiZpmO29PF6JYPeFNWtUpYlWGacpfo3kQaQ6Jc9AgBbqPXfLKeJCECo1N.m1",
             "$6$rounds=abc$saltsalt$fwlamBrOqmO1d1IGBZuoDbiBLysiZpmO29PF6JYPeFNWtUpYlWGacpfo3kQaQ6Jc9AgBbqPXfLKeJCECo1N.m1",
             "{BLF-CRYPT}$2y$05$tooshort",
@@ -2164,6 +2197,213 @@ mod tests {
             a.bytes().all(|c| (0x21..=0x7e).contains(&c) && c != b','),
             "{a}"
         );
+    }
+
+    /// Dovecot 2.3's base64_decode() skips spaces, tabs, CRs and LFs and
+    /// requires the `=` padding. Each case was checked with
+    /// `doveadm pw -t STORED -p 'Tr0ub4dor&3'` (2.3.19.1).
+    #[test]
+    fn base64_is_decoded_like_dovecot() {
+        for stored in [
+            // A trailing space (a hand-edited passwd-file line).
+            "{SHA256}SEhuFRToQjRv9AWx5F9EBZroJhnyMG+Z0JQNyzhukfc= ",
+            "{SHA}h0Vy56Wuak lGamrFeLmK26eMaqY=",
+            "{SHA}h0Vy56Wuak\tlGamrFeLmK26eMaqY=",
+            "{SHA}h0Vy56Wuak\r\nlGamrFeLmK26eMaqY=",
+            "{SHA}h0Vy56WuaklGamrFeLmK26eMaqY =",
+            "{SSHA256}SjxoC5ZHUDzhF4ZDWfP0i04+gqKs2AtXoXmB9TjjyNS3WWve\t",
+            "{CRAM-MD5}wKSbVBxHwT4P7XXpDfBRDo4Z0mUxbbr85QSOH5LJQjI=",
+            "{SCRAM-SHA-1}4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uw uv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+            // The salt alone is decoded leniently (t_base64_decode_str()).
+            "{SCRAM-SHA-1}4096,vosJOF5m2Dz0iAmVuOrTUA,6VKvFDECJb/n8uwuv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+            "{SCRAM-SHA-1}4096, vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+        ] {
+            assert_eq!(verify(stored, PW, &opts()), Ok(true), "{stored:?}");
+            assert_eq!(verify(stored, b"wrong", &opts()), Ok(false), "{stored:?}");
+        }
+        // "Input isn't valid base64 encoded data" (or "Invalid … Key").
+        for stored in [
+            "{SHA256}SEhuFRToQjRv9AWx5F9EBZroJhnyMG+Z0JQNyzhukfc",
+            "{SHA256}SEhuFRToQjRv9AWx5F9EBZroJhnyMG+Z0JQNyzhukfc==",
+            "{SHA512}xyu2IccEDPS2R0BjqaeXJpDiUvNa2+fPr/Wx7iMW7+c4LnI9QeATor+8M8MAfFDFhH0hqInM6DhTbqxyeAjeQA",
+            "{PLAIN-MD5}Ts5XphMjtSzP/b7wIZVnVA",
+            "{PLAIN.b64}VHIwdWI0ZG9yJjM",
+            "{SHA}h0Vy56WuaklGamrFeLmK26eMaqY=x",
+            "{SHA}h0Vy56Wuak\x0blGamrFeLmK26eMaqY=",
+            "{SHA}h0Vy56Wu-klGamrFeLmK26eMaqY=",
+            "{SCRAM-SHA-1}4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+            "{SCRAM-SHA-1}4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ",
+        ] {
+            assert!(
+                matches!(verify(stored, PW, &opts()), Err(SchemeError::Malformed { .. })),
+                "{stored:?}"
+            );
+        }
+        assert!(scram_secret_of(
+            "{SCRAM-SHA-1}4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+            ScramAlg::Sha1,
+            &opts()
+        )
+        .is_none());
+    }
+
+    /// Dovecot registers DES-CRYPT, SHA256-CRYPT and SHA512-CRYPT with the
+    /// same crypt(3) verify function as CRYPT, so the data's prefix decides:
+    /// `doveadm pw -t` verifies each of these (2.3.19.1).
+    #[test]
+    fn crypt_named_schemes_take_any_crypt_format() {
+        let cases: &[(&str, &str)] = &[
+            ("{SHA512-CRYPT}$5$pK/M7QSLzzqjSZEZ$MnvklnJHNTvL7G2tbYDw6wIhx0hl54E1cESmxMlwOd/", "SHA256-CRYPT"),
+            ("{SHA256-CRYPT}abWL7Sj501Z46", "DES-CRYPT"),
+            ("{DES-CRYPT}$6$i6lebws624USjG3g$1Fcz2QXxHsPCYwPY/Yuz/hNIVSnhxbJ4kWrP.N.8oP45/LXvsX.838LUKx8C8za4n2U3.gSclvzydQml8Pn3Q.", "SHA512-CRYPT"),
+            ("{SHA256-CRYPT}$2b$05$abcdefghijklmnopqrstuujyowYzwa5GTkdJQ1hID4j4yIozDs7U.", "BLF-CRYPT"),
+            ("{SHA512-CRYPT}$1$2VIlXgBJ$wCcOr7lU62Cxf5s13Hfom1", "MD5-CRYPT"),
+        ];
+        for (stored, scheme) in cases {
+            assert_eq!(identify(stored, &opts()), Ok(*scheme), "{stored}");
+            assert_eq!(check(stored, &opts()), Ok(*scheme), "{stored}");
+            assert_eq!(verify(stored, PW, &opts()), Ok(true), "{stored}");
+            assert_eq!(verify(stored, b"nope", &opts()), Ok(false), "{stored}");
+        }
+        // MD5-CRYPT and BLF-CRYPT are Dovecot's own code, not crypt(3):
+        // "Password mismatch" / "Password is not blowfish password".
+        for stored in [
+            "{MD5-CRYPT}$6$i6lebws624USjG3g$1Fcz2QXxHsPCYwPY/Yuz/hNIVSnhxbJ4kWrP.N.8oP45/LXvsX.838LUKx8C8za4n2U3.gSclvzydQml8Pn3Q.",
+            "{BLF-CRYPT}$6$i6lebws624USjG3g$1Fcz2QXxHsPCYwPY/Yuz/hNIVSnhxbJ4kWrP.N.8oP45/LXvsX.838LUKx8C8za4n2U3.gSclvzydQml8Pn3Q.",
+        ] {
+            assert_ne!(verify(stored, PW, &opts()), Ok(true), "{stored}");
+        }
+        // DES under a strong name is still DES.
+        assert_eq!(
+            verify("{SHA256-CRYPT}abWL7Sj501Z46", PW, &strict()),
+            Err(SchemeError::WeakRefused("DES-CRYPT"))
+        );
+    }
+
+    /// Dovecot's HMAC-MD5 scheme is CRAM-MD5 under another name (same
+    /// generate function): `doveadm pw -s HMAC-MD5` prints the CRAM-MD5
+    /// context, and `doveadm pw -t` verifies it.
+    #[test]
+    fn hmac_md5_is_cram_md5() {
+        let stored = "{HMAC-MD5}c0a49b541c47c13e0fed75e90df0510e8e19d265316dbafce5048e1f92c94232";
+        assert_eq!(identify(stored, &opts()), Ok("HMAC-MD5"));
+        assert_eq!(verify(stored, PW, &opts()), Ok(true));
+        assert_eq!(verify(stored, b"Xr0ub4dor&3", &opts()), Ok(false));
+        assert!(cram_md5_capable(stored, &opts()));
+        assert_eq!(hash("HMAC-MD5", PW).unwrap(), stored);
+        assert_eq!(
+            verify(stored, PW, &strict()),
+            Err(SchemeError::WeakRefused("HMAC-MD5"))
+        );
+        assert!(!cram_md5_capable(stored, &strict()));
+    }
+
+    /// `doveadm pw -s PLAIN-MD4 -p 'Tr0ub4dor&3'`.
+    #[test]
+    fn plain_md4() {
+        for stored in [
+            "{PLAIN-MD4}962f9fc2d0ca37bffa8502f6b69df1c8",
+            "{PLAIN-MD4}li+fwtDKN7/6hQL2tp3xyA==",
+            "{plain-md4.HEX}962F9FC2D0CA37BFFA8502F6B69DF1C8",
+        ] {
+            assert_eq!(identify(stored, &opts()), Ok("PLAIN-MD4"), "{stored}");
+            assert_eq!(verify(stored, PW, &opts()), Ok(true), "{stored}");
+            assert_eq!(
+                verify(stored, b"Xr0ub4dor&3", &opts()),
+                Ok(false),
+                "{stored}"
+            );
+        }
+        assert_eq!(
+            hash("PLAIN-MD4", PW).unwrap(),
+            "{PLAIN-MD4}962f9fc2d0ca37bffa8502f6b69df1c8"
+        );
+        assert!(matches!(
+            verify("{PLAIN-MD4}962f9fc2d0ca37bffa8502f6b69df1c8", PW, &strict()),
+            Err(SchemeError::WeakRefused(_))
+        ));
+    }
+
+    /// Dovecot's plain_trunc_verify() takes an empty length (0): `doveadm pw
+    /// -t '{PLAIN-TRUNC}-Tr0ub4dor&3'` verifies, compared in full.
+    #[test]
+    fn plain_trunc_with_empty_length() {
+        assert_eq!(verify("{PLAIN-TRUNC}-Tr0ub4dor&3", PW, &opts()), Ok(true));
+        assert_eq!(
+            verify("{PLAIN-TRUNC}-Tr0ub4dor&3", b"Tr0ub4dor&", &opts()),
+            Ok(false)
+        );
+        assert_eq!(
+            verify("{PLAIN-TRUNC}-Tr0ub4dor&3", b"Tr0ub4dor&3x", &opts()),
+            Ok(false)
+        );
+        assert!(matches!(
+            verify("{PLAIN-TRUNC}Tr0ub4dor&3", PW, &opts()),
+            Err(SchemeError::Malformed { .. })
+        ));
+    }
+
+    /// Dovecot's password_get_scheme() only recognises `$1$…` without a
+    /// `{SCHEME}`; every other bare value goes to the default scheme. With
+    /// CRYPT that is crypt(3), which cannot check argon2 (`doveadm pw -t
+    /// '{CRYPT}$argon2id$…'`: "Password mismatch").
+    #[test]
+    fn bare_values_use_the_default_scheme() {
+        let argon2id = "$argon2id$v=19$m=256,t=2,p=1$JJAPFP9eQiD1/nmn07i0yQ$Ua5/scILcYxxqYWs1dZhpII3kpFllElzgfJQmWnaR/Q";
+        let argon2i = "$argon2i$v=19$m=256,t=3,p=1$YXlcFsT4gJXPNzzDubDsvg$VEnkSRGOMpZZYxS1EqJTuxrwdC/hEuyF3WSZMdf7c3g";
+        for stored in [argon2id, argon2i] {
+            assert_ne!(verify(stored, PW, &opts()), Ok(true), "{stored}");
+            assert_ne!(verify(&format!("{{CRYPT}}{stored}"), PW, &opts()), Ok(true));
+        }
+        let with_default = |scheme: &str| PasswdOptions {
+            default_scheme: scheme.into(),
+            ..PasswdOptions::default()
+        };
+        assert_eq!(verify(argon2id, PW, &with_default("ARGON2ID")), Ok(true));
+        assert_eq!(
+            identify(argon2id, &with_default("ARGON2ID")),
+            Ok("ARGON2ID")
+        );
+        // With default_pass_scheme = PLAIN a bare "$6$…" is a cleartext password.
+        let sha512 = "$6$i6lebws624USjG3g$1Fcz2QXxHsPCYwPY/Yuz/hNIVSnhxbJ4kWrP.N.8oP45/LXvsX.838LUKx8C8za4n2U3.gSclvzydQml8Pn3Q.";
+        assert_eq!(identify(sha512, &with_default("PLAIN")), Ok("PLAIN"));
+        assert_eq!(verify(sha512, PW, &with_default("PLAIN")), Ok(false));
+        assert_eq!(
+            verify(sha512, sha512.as_bytes(), &with_default("PLAIN")),
+            Ok(true)
+        );
+        // But "$1$salt$hash" is MD5-CRYPT whatever the default.
+        assert_eq!(
+            verify(
+                "$1$2VIlXgBJ$wCcOr7lU62Cxf5s13Hfom1",
+                PW,
+                &with_default("PLAIN")
+            ),
+            Ok(true)
+        );
+    }
+
+    /// Counts are parsed like Dovecot's str_to_uint(): digits only.
+    /// `doveadm pw -t`: "Invalid PBKDF2 passdb entry format", "Invalid
+    /// SCRAM-SHA-1 iteration count in passdb".
+    #[test]
+    fn counts_are_digits_only() {
+        for stored in [
+            "{PBKDF2}$1$dpuYXxUzwEX7Vs2j$+5000$c7c2ad1d13c57c592ffae510c895349e6a8b433a",
+            "{SCRAM-SHA-1}+4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+            "{SCRAM-SHA-1} 4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+        ] {
+            assert!(
+                matches!(verify(stored, PW, &opts()), Err(SchemeError::Malformed { .. })),
+                "{stored}"
+            );
+        }
+        assert!(scram_secret_of(
+            "{SCRAM-SHA-1}+4096,vosJOF5m2Dz0iAmVuOrTUA==,6VKvFDECJb/n8uwuv2Y7fWDvk+8=,BKvKwOSl2Of1ImKEGBU+wMCDEaQ=",
+            ScramAlg::Sha1,
+            &opts()
+        )
+        .is_none());
     }
 
     #[test]
