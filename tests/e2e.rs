@@ -524,3 +524,73 @@ fn wire_form_messages_sent_from_the_file_are_exact() {
     }
     c.cmd("QUIT");
 }
+
+#[test]
+fn messages_stored_compressed_are_refused_not_sent() {
+    // Dovecot's compression plugin stores messages gzip-, bzip2-, xz-, LZ4- or
+    // zstd-compressed, under names with the uncompressed sizes. Their bytes are not mail:
+    // RETR and TOP answer -ERR [SYS/PERM] and the session goes on; the files stay. The last
+    // one is CRLF-clean after its zstd magic, so the index takes it for wire form and, with
+    // `map_min_size = 0`, RETR would send it from a mapping of the file.
+    let text = b"Subject: packed\n\nThe text that was compressed.\n".to_vec();
+    let packed = |module: &str| -> Vec<u8> {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!("import sys,{module}; sys.stdout.buffer.write({module}.compress(sys.stdin.buffer.read()))"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut p| {
+                use std::io::Write;
+                p.stdin.take().unwrap().write_all(&text)?;
+                p.wait_with_output()
+            })
+            .expect("python3");
+        assert!(out.status.success());
+        out.stdout
+    };
+    let mut lz4 = b"Dovecot-LZ4\x0d\x2a\x9b\xc5".to_vec();
+    lz4.extend_from_slice(&[0, 0x80, 0, 0, 0, 0, 0, 0x31]);
+    let stored: Vec<Vec<u8>> = vec![
+        text.clone(),
+        packed("gzip"),
+        packed("bz2"),
+        packed("lzma"),
+        lz4,
+        b"\x28\xb5\x2f\xfdzstd frame, CRLF-clean\r\n".to_vec(),
+    ];
+    let mut fx = Fixture::new();
+    fx.add_user("eve", "pw");
+    let mut paths = Vec::new();
+    let sizes = format!(",S={},W={}", text.len(), text.len() + 3);
+    for (i, m) in stored.iter().enumerate() {
+        // The last without sizes in its name: the login reads it to index it.
+        let sizes = if i + 1 < stored.len() { &sizes[..] } else { "" };
+        let name = format!("17000000{i:02}.M1P1.h{sizes}:2,S");
+        paths.push(fx.deliver("eve", "cur", &name, m));
+    }
+    fx.config("[mail]\nmap_min_size = 0\n");
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("eve", "pw");
+    let (st, list) = c.multi("LIST");
+    assert!(st.starts_with("+OK"), "{st}");
+    assert_eq!(list.iter().filter(|&&b| b == b'\n').count(), stored.len());
+    let (st, body) = c.multi("RETR 1");
+    assert!(st.starts_with("+OK"), "{st}");
+    assert_eq!(body, expected_wire(&text));
+    for n in 2..=stored.len() {
+        for cmd in [format!("RETR {n}"), format!("TOP {n} 0")] {
+            let r = c.cmd(&cmd);
+            assert!(r.starts_with("-ERR [SYS/PERM] "), "{cmd}: {r}");
+        }
+    }
+    assert!(c.cmd("NOOP").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    drop(srv);
+    for (p, m) in paths.iter().zip(&stored) {
+        assert_eq!(&fs::read(p).unwrap(), m, "{}", p.display());
+    }
+}

@@ -245,10 +245,10 @@ fuzz_target!(|data: &[u8]| {
                         other => panic!("Step::Retrieve for {other:?}"),
                     }
                     if src.byte() % 4 == 0 {
-                        let e = if src.byte() & 1 == 0 {
-                            RetrieveError::Gone
-                        } else {
-                            RetrieveError::Temporary
+                        let e = match src.byte() % 3 {
+                            0 => RetrieveError::Gone,
+                            1 => RetrieveError::Temporary,
+                            _ => RetrieveError::Unreadable,
                         };
                         s.retrieve_failed(&mut out, e);
                         assert!(out.starts_with(b"-ERR"));

@@ -40,7 +40,9 @@ pub use index::{Entry, Shape};
 pub use lock::{LockError, MaildropLock};
 pub use map::MappedFile;
 pub use name::MaildirName;
-pub use transfer::{crlf_size, StreamTransform, TransferPlan, TERMINATOR};
+pub use transfer::{
+    crlf_size, stored_compressed, StreamTransform, TransferPlan, COMPRESSION_MAGIC_LEN, TERMINATOR,
+};
 pub use uidl::UidlFormat;
 
 /// Which Maildir subdirectory a message was found in.

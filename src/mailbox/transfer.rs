@@ -12,10 +12,35 @@
 //! [`TransferPlan::fill`] streams the transformed bytes into a caller's buffer, chunk by chunk
 //! (RETR finds line feeds with a SIMD mask per 64 bytes, TOP with memchr per line).
 //!
+//! It also recognises a stored message that is not mail text at all but a file compressed by
+//! Dovecot's `zlib` (2.3) or `mail_compress` (2.4) plugin ([`stored_compressed`]), whose bytes
+//! must never be sent as the message.
+//!
 //! Does not own: files, mappings or sockets; it works on any `&[u8]`.
 
 /// The multi-line terminator.
 pub const TERMINATOR: &[u8] = b".\r\n";
+
+/// Bytes of a message's start that [`stored_compressed`] needs to see (Dovecot's LZ4 magic).
+pub const COMPRESSION_MAGIC_LEN: usize = 15;
+
+/// The compression format of a stored message whose first bytes are `head` (at least
+/// [`COMPRESSION_MAGIC_LEN`] of them when the file is that long), recognised as Dovecot
+/// recognises it when its compression plugin reads a mail: gzip (`1f 8b`), bzip2 (`BZh` and
+/// a level digit), xz (`fd 37 7a 58 5a 00`, Dovecot before 2.3.19), Dovecot's own LZ4 header,
+/// zstd (`28 b5 2f fd`). `None` for anything else, which is mail text: a message begins with
+/// a header field, and none of these byte sequences can begin one. The maildir file names
+/// of such messages carry the uncompressed sizes (`,S=`, `,W=`).
+pub fn stored_compressed(head: &[u8]) -> Option<&'static str> {
+    match head {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [b'B', b'Z', b'h', b'1'..=b'9', ..] => Some("bzip2"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Some("xz"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        _ if head.starts_with(b"Dovecot-LZ4\x0d\x2a\x9b\xc5") => Some("lz4"),
+        _ => None,
+    }
+}
 
 /// Size in octets of `src` with CRLF line endings: its length plus one for each LF not preceded
 /// by CR. This is what STAT and LIST report and what RETR sends before dot-stuffing.
@@ -393,6 +418,32 @@ fn lf_mask(block: &[u8; 64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_messages_are_recognised() {
+        let gz = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        assert_eq!(stored_compressed(&gz), Some("gzip"));
+        assert_eq!(stored_compressed(b"BZh91AY&SY"), Some("bzip2"));
+        assert_eq!(stored_compressed(b"\xfd7zXZ\x00\x00\x04"), Some("xz"));
+        assert_eq!(
+            stored_compressed(&[0x28, 0xb5, 0x2f, 0xfd, 0x24]),
+            Some("zstd")
+        );
+        assert_eq!(
+            stored_compressed(b"Dovecot-LZ4\x0d\x2a\x9b\xc5\x00\x01"),
+            Some("lz4")
+        );
+        for text in [
+            &b"Return-Path: <a@example.org>\r\n"[..],
+            b"From: a\n\nbody",
+            b"BZh: not a level digit\n",
+            b"Dovecot-LZ4 is a header name here\n",
+            b"\x1f",
+            b"",
+        ] {
+            assert_eq!(stored_compressed(text), None, "{text:?}");
+        }
+    }
 
     /// Whole wire form (terminator included) through `fill` with a given buffer size.
     fn wire(plan: &mut TransferPlan<'_>, bufsize: usize) -> Vec<u8> {

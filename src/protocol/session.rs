@@ -180,6 +180,9 @@ pub enum RetrieveError {
     Gone,
     /// An I/O error that may pass.
     Temporary,
+    /// The stored file is not mail text the server can send (compressed by another server);
+    /// retrying will not help.
+    Unreadable,
 }
 
 /// What the session needs next from the runtime.
@@ -1096,6 +1099,10 @@ impl<M: Maildrop> Session<M> {
             RetrieveError::Temporary => err(
                 out,
                 "[SYS/TEMP] Unable to read the message, try again later.",
+            ),
+            RetrieveError::Unreadable => err(
+                out,
+                "[SYS/PERM] The message is stored in a form this server cannot read.",
             ),
         }
     }

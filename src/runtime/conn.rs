@@ -698,6 +698,11 @@ impl Conn {
                     .metrics
                     .retrieved(lines.is_some(), started.elapsed());
             }
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<Compressed>()) => {
+                let path = snapshot.path(index);
+                tracing::error!(user = ?self.user, index, path = %path.display(), error = %e, "message not sent: corepop does not decompress");
+                session.retrieve_failed(out, RetrieveError::Unreadable);
+            }
             Err(e) => {
                 tracing::warn!(user = ?self.user, index, error = %e, "cannot open message");
                 let kind = if e.kind() == io::ErrorKind::NotFound {
@@ -1090,6 +1095,9 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
         if !map.is_empty() {
             file.read_exact_at(&mut last, map.len() as u64 - 1)?;
         }
+        let mut head = [0u8; mailbox::COMPRESSION_MAGIC_LEN];
+        let n = file.read_at(&mut head, 0)?;
+        refuse_compressed(&head[..n])?;
         return Ok(Body::Mapped {
             map,
             file,
@@ -1114,14 +1122,17 @@ fn open_body_cached(
 }
 
 /// `file` (`end` octets at open) as a body to send, its first chunk read into `chunk`
-/// ([`read_chunk`]); on failure, the error and the buffer back.
+/// ([`read_chunk`]); on failure (also a file stored compressed), the error and the buffer
+/// back.
 fn first_chunk(
     file: std::fs::File,
     end: u64,
     mut chunk: Vec<u8>,
     cached_only: bool,
 ) -> Result<Body, (io::Error, Vec<u8>)> {
-    match read_chunk(&file, &mut chunk, 0, end, cached_only) {
+    let read = read_chunk(&file, &mut chunk, 0, end, cached_only)
+        .and_then(|(len, eof)| refuse_compressed(&chunk[..len]).map(|()| (len, eof)));
+    match read {
         Ok((len, eof)) => Ok(Body::Read {
             file,
             end,
@@ -1131,6 +1142,31 @@ fn first_chunk(
             offset: 0,
         }),
         Err(e) => Err((e, chunk)),
+    }
+}
+
+/// A message stored compressed (Dovecot's compression plugin, see
+/// [`mailbox::stored_compressed`]): its bytes are not mail and are never sent.
+#[derive(Debug)]
+struct Compressed(&'static str);
+
+impl std::fmt::Display for Compressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "message file is {}-compressed", self.0)
+    }
+}
+
+impl std::error::Error for Compressed {}
+
+/// `Err` (an [`io::Error`] carrying [`Compressed`]) when a message starting with `head` is
+/// stored compressed.
+fn refuse_compressed(head: &[u8]) -> io::Result<()> {
+    match mailbox::stored_compressed(head) {
+        Some(format) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            Compressed(format),
+        )),
+        None => Ok(()),
     }
 }
 
