@@ -1,7 +1,8 @@
 //! Maildir file names as Postfix, Dovecot and Courier write them.
 //!
-//! Owns: splitting `<base>[:2,<flags>]`, reading Dovecot's `,S=<size>` and `,W=<crlf size>`
-//! fields from the base, the delivery-order sort key, and the UIDL derived from the base name.
+//! Owns: splitting `<base>[:2,<flags>]` (the base ends at the first `:`), reading Dovecot's
+//! `,S=<size>` and `,W=<crlf size>` fields exactly as Dovecot 2.3's `maildir_filename_get_size`
+//! does, the delivery-order sort key, and the UIDL derived from the base name.
 //!
 //! Does not own: touching the file system.
 
@@ -32,20 +33,11 @@ impl<'a> MaildirName<'a> {
             return None;
         }
         let flags = info.and_then(|i| i.strip_prefix("2,"));
-        let mut size = None;
-        let mut crlf_size = None;
-        for field in base.split(',').skip(1) {
-            if let Some(v) = field.strip_prefix("S=") {
-                size = v.parse().ok();
-            } else if let Some(v) = field.strip_prefix("W=") {
-                crlf_size = v.parse().ok();
-            }
-        }
         Some(Self {
             base,
             flags,
-            size,
-            crlf_size,
+            size: extension_size(name, b'S'),
+            crlf_size: extension_size(name, b'W'),
         })
     }
 
@@ -67,6 +59,30 @@ impl<'a> MaildirName<'a> {
             .unwrap_or(0);
         (secs, usecs, self.base)
     }
+}
+
+/// A size field of the name, read as Dovecot's `maildir_filename_get_size` reads it: only the
+/// first `,<key>=` in the whole name (the flags part included) counts; its decimal digits
+/// (none at all read as 0) must be followed by `,`, `:` or the end of the name, and a name
+/// that ends right after the `=` has no size. A malformed first field is not made up for by
+/// a later one. Overlong numbers wrap, as Dovecot's `uoff_t` arithmetic does.
+fn extension_size(name: &str, key: u8) -> Option<u64> {
+    let b = name.as_bytes();
+    let start = b
+        .windows(3)
+        .position(|w| w[0] == b',' && w[1] == key && w[2] == b'=')?
+        + 3;
+    if start == b.len() {
+        return None;
+    }
+    let digits = &b[start..];
+    let n = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    if !matches!(digits.get(n), None | Some(b',' | b':')) {
+        return None;
+    }
+    Some(digits[..n].iter().fold(0u64, |acc, d| {
+        acc.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+    }))
 }
 
 /// True when `s` may be used as a UIDL as is: 1–70 characters in 0x21..=0x7E (RFC 1939 §7).
@@ -114,6 +130,24 @@ mod tests {
             MaildirName::parse("not-a-maildir-name").unwrap().base,
             "not-a-maildir-name"
         );
+    }
+
+    #[test]
+    fn sizes_are_read_like_dovecot_maildir_filename_get_size() {
+        let sizes = |n: &str| {
+            let p = MaildirName::parse(n).unwrap();
+            (p.size, p.crlf_size)
+        };
+        // Only the first `,S=` counts, even when a later one would parse.
+        assert_eq!(sizes("1.M1P1.h,S=10,S=20,W=30"), (Some(10), Some(30)));
+        assert_eq!(sizes("1.M1P1.h,S=x,S=20"), (None, None));
+        // No digits at all is a size of 0, unless the name ends right after the `=`.
+        assert_eq!(sizes("1.M1P1.h,S=,W=:2,S"), (Some(0), Some(0)));
+        assert_eq!(sizes("1.M1P1.h,W="), (None, None));
+        // Only digits: no sign, no spaces.
+        assert_eq!(sizes("1.M1P1.h,S=+5,W=+7"), (None, None));
+        // The flags part is searched too, as Dovecot passes the whole file name.
+        assert_eq!(sizes("1.M1P1.h:2,W=42"), (None, Some(42)));
     }
 
     #[test]
