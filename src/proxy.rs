@@ -46,6 +46,9 @@ pub enum ProxyError {
 
 /// Parses a PROXY header at the start of `buf`.
 /// `Ok(None)`: more bytes are needed. `Ok(Some((header, n)))`: the header took `n` bytes.
+///
+/// v2 TLVs are skipped whatever their type, but each must lie within the header, and a
+/// CRC32C one must match.
 pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     let sig_len = buf.len().min(V2_SIGNATURE.len());
     if buf[..sig_len] == V2_SIGNATURE[..sig_len] {
@@ -72,14 +75,9 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     if lf == 0 || buf[lf - 1] != b'\r' {
         return Err(ProxyError::BadV1);
     }
-    let line = std::str::from_utf8(&buf[..lf - 1]).map_err(|_| ProxyError::BadV1)?;
-    let mut f = line.split(' ');
-    if f.next() != Some("PROXY") {
-        return Err(ProxyError::BadV1);
-    }
-    let proto = f.next().ok_or(ProxyError::BadV1)?;
-    if proto == "UNKNOWN" {
-        // The rest of the line is to be ignored.
+    let line = &buf[..lf - 1];
+    if line == b"PROXY UNKNOWN" || line.starts_with(b"PROXY UNKNOWN ") {
+        // The rest of the line, whatever its bytes, is to be ignored.
         return Ok(Some((
             Header {
                 source: None,
@@ -88,6 +86,12 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
             lf + 1,
         )));
     }
+    let line = std::str::from_utf8(line).map_err(|_| ProxyError::BadV1)?;
+    let mut f = line.split(' ');
+    if f.next() != Some("PROXY") {
+        return Err(ProxyError::BadV1);
+    }
+    let proto = f.next().ok_or(ProxyError::BadV1)?;
     let (Some(src), Some(dst), Some(sport), Some(dport), None) =
         (f.next(), f.next(), f.next(), f.next(), f.next())
     else {
@@ -144,11 +148,21 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
         0x1 => {}                               // PROXY
         _ => return Err(ProxyError::BadV2),
     }
+    // The address block's size for each family/transport byte the spec lists.
+    let addr_len = match fam {
+        // UNSPEC: the address information (of no defined size) is ignored.
+        0x00 => return Ok(Some((local, total))),
+        0x11 | 0x12 => 12,
+        0x21 | 0x22 => 36,
+        0x31 | 0x32 => 216,
+        _ => return Err(ProxyError::BadV2),
+    };
+    if body.len() < addr_len {
+        return Err(ProxyError::BadV2);
+    }
+    check_tlvs(&buf[..total], 16 + addr_len)?;
     let header = match fam {
         0x11 => {
-            if body.len() < 12 {
-                return Err(ProxyError::BadV2);
-            }
             let src = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
             let dst = Ipv4Addr::new(body[4], body[5], body[6], body[7]);
             Header {
@@ -157,9 +171,6 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
             }
         }
         0x21 => {
-            if body.len() < 36 {
-                return Err(ProxyError::BadV2);
-            }
             let src: [u8; 16] = body[0..16].try_into().expect("16 bytes");
             let dst: [u8; 16] = body[16..32].try_into().expect("16 bytes");
             Header {
@@ -173,12 +184,54 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
                 )),
             }
         }
-        // UNSPEC or UNIX / UDP: no usable TCP address; keep the socket's peer.
-        0x00 | 0x12 | 0x22 | 0x31 | 0x32 => local,
-        _ => return Err(ProxyError::BadV2),
+        // UNIX / UDP: no usable TCP address; keep the socket's peer (the spec's fallback
+        // to UNSPEC for combinations a receiver does not implement).
+        _ => local,
     };
     Ok(Some((header, total)))
 }
+
+/// PP2_TYPE_CRC32C: a checksum of the whole header, its own value taken as zero.
+const PP2_TYPE_CRC32C: u8 = 0x03;
+
+/// Walks the TLVs of `header` (the whole v2 header) from `at`, where the address block
+/// ends. Every TLV must fit in the header, which must end where the last one does; their
+/// values are skipped, except a CRC32C, which must match.
+fn check_tlvs(header: &[u8], mut at: usize) -> Result<(), ProxyError> {
+    let mut crc_at = None;
+    while at < header.len() {
+        if header.len() - at < 3 {
+            return Err(ProxyError::BadV2);
+        }
+        let kind = header[at];
+        let value = at + 3;
+        let end = value + usize::from(be16(&header[at + 1..value]));
+        if end > header.len() {
+            return Err(ProxyError::BadV2);
+        }
+        if kind == PP2_TYPE_CRC32C {
+            if end - value != 4 || crc_at.is_some() {
+                return Err(ProxyError::BadV2);
+            }
+            crc_at = Some(value);
+        }
+        at = end;
+    }
+    if let Some(at) = crc_at {
+        let sent = u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let mut digest = CRC32C.digest();
+        for part in [&header[..at], &[0; 4], &header[at + 4..]] {
+            digest.update(part);
+        }
+        if digest.finalize() != sent {
+            return Err(ProxyError::BadV2);
+        }
+    }
+    Ok(())
+}
+
+/// CRC-32C (Castagnoli), as PP2_TYPE_CRC32C carries it.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
@@ -279,5 +332,135 @@ mod tests {
         let mut huge = v2(1, 0x11, &[]);
         huge[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
         assert_eq!(parse(&huge), Err(ProxyError::TooLong));
+    }
+
+    #[test]
+    fn v1_unknown_ignores_whatever_precedes_the_crlf() {
+        // 2.1: "the receiver must ignore anything presented before the CRLF is found".
+        let h = b"PROXY UNKNOWN \xff\xfe whatever\r\nCAPA\r\n";
+        let (hdr, n) = parse(h).unwrap().unwrap();
+        assert_eq!(hdr.source, None);
+        assert_eq!(&h[n..], b"CAPA\r\n");
+        let (hdr, n) = parse(b"PROXY UNKNOWN\r\n").unwrap().unwrap();
+        assert_eq!((hdr.source, n), (None, 15));
+        let worst = format!(
+            "PROXY UNKNOWN {0} {0} 65535 65535\r\n",
+            ["ffff"; 8].join(":")
+        );
+        assert_eq!(worst.len(), V1_MAX);
+        assert_eq!(parse(worst.as_bytes()).unwrap().unwrap().1, V1_MAX);
+        for bad in [
+            &b"PROXY UNKNOWNX\r\n"[..],
+            b"PROXY unknown\r\n",
+            b"PROXY TCP4 192.0.2.01 198.51.100.2 1 2\r\n",
+            b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\r\n",
+            b"PROXY TCP6 [2001:db8::1] 2001:db8::2 1 2\r\n",
+            b"PROXY TCP6 fe80::1%eth0 2001:db8::2 1 2\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn ipv4_block() -> Vec<u8> {
+        let mut body = vec![192, 0, 2, 1, 198, 51, 100, 2];
+        body.extend_from_slice(&56324u16.to_be_bytes());
+        body.extend_from_slice(&110u16.to_be_bytes());
+        body
+    }
+
+    #[test]
+    fn v2_tlvs_are_skipped_whatever_their_type() {
+        let mut body = ipv4_block();
+        // PP2_TYPE_SSL with PP2_SUBTYPE_SSL_VERSION and _CN sub-TLVs.
+        let mut ssl = vec![0x01, 0, 0, 0, 0];
+        ssl.extend_from_slice(&[0x21, 0x00, 0x07]);
+        ssl.extend_from_slice(b"TLSv1.3");
+        ssl.extend_from_slice(&[0x22, 0x00, 0x0B]);
+        ssl.extend_from_slice(b"example.org");
+        body.push(0x20);
+        body.extend_from_slice(&(ssl.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ssl);
+        body.extend_from_slice(&[0x05, 0x00, 0x03, 1, 2, 3]); // UNIQUE_ID
+        body.extend_from_slice(&[0xE0, 0x00, 0x00]); // custom, empty
+        body.extend_from_slice(&[0xFF, 0x00, 0x01, 0x00]); // unknown type
+        let mut h = v2(1, 0x11, &body);
+        h.extend_from_slice(b"USER x\r\n");
+        let (hdr, n) = parse(&h).unwrap().unwrap();
+        assert_eq!(hdr.source, Some(sa("192.0.2.1:56324")));
+        assert_eq!(&h[n..], b"USER x\r\n");
+    }
+
+    #[test]
+    fn v2_tlv_running_past_the_header_is_refused() {
+        let mut body = ipv4_block();
+        body.extend_from_slice(&[0x04, 0x00, 0x08, 0xAB, 0xCD]); // says 8, has 2
+        let mut h = v2(1, 0x11, &body);
+        // The bytes the TLV claims are the session's: they must not make it valid.
+        h.extend_from_slice(b"CAPA\r\n");
+        assert_eq!(parse(&h), Err(ProxyError::BadV2));
+        // Bytes after the addresses too few for a TLV header.
+        for extra in [&[0x04][..], &[0x04, 0x00]] {
+            let body = [ipv4_block(), extra.to_vec()].concat();
+            assert_eq!(parse(&v2(1, 0x11, &body)), Err(ProxyError::BadV2));
+        }
+        let mut body6 = vec![0; 36];
+        body6.extend_from_slice(&[0x20, 0x01, 0x00]);
+        assert_eq!(parse(&v2(1, 0x21, &body6)), Err(ProxyError::BadV2));
+    }
+
+    #[test]
+    fn v2_udp_and_unix_keep_the_peer_but_need_their_address_block() {
+        for (fam, size) in [(0x12, 12), (0x22, 36), (0x31, 216), (0x32, 216)] {
+            let mut h = v2(1, fam, &vec![7; size]);
+            h.extend_from_slice(b"CAPA\r\n");
+            let (hdr, n) = parse(&h).unwrap().unwrap();
+            assert_eq!((hdr.source, &h[n..]), (None, &b"CAPA\r\n"[..]), "{fam:#x}");
+            let mut with_tlv = vec![7; size];
+            with_tlv.extend_from_slice(&[0x04, 0x00, 0x01, 0x00]);
+            assert!(parse(&v2(1, fam, &with_tlv)).unwrap().is_some(), "{fam:#x}");
+            let short = v2(1, fam, &vec![7; size - 1]);
+            assert_eq!(parse(&short), Err(ProxyError::BadV2), "{fam:#x}");
+            assert_eq!(parse(&v2(1, fam, &[])), Err(ProxyError::BadV2), "{fam:#x}");
+        }
+        // UNSPEC with PROXY, and LOCAL with any family and block: the peer, bytes skipped.
+        assert_eq!(parse(&v2(1, 0x00, &[1, 2, 3])).unwrap().unwrap().1, 19);
+        let (hdr, n) = parse(&v2(0, 0x11, &[9; 5])).unwrap().unwrap();
+        assert_eq!((hdr.source, n), (None, 21));
+    }
+
+    #[test]
+    fn v2_crc32c_is_checked() {
+        // As an AWS network load balancer sends it: CRC32C, a VPC endpoint TLV (0xEA), NOOP.
+        let mut aws = V2_SIGNATURE.to_vec();
+        aws.extend_from_slice(&[0x21, 0x11, 0x00, 0x54]);
+        aws.extend_from_slice(&[172, 31, 7, 113, 172, 31, 10, 31, 0xC8, 0xF2, 0x00, 0x50]);
+        aws.extend_from_slice(&[0x03, 0x00, 0x04, 0xE8, 0xD6, 0x89, 0x2D]);
+        aws.extend_from_slice(&[0xEA, 0x00, 0x17, 0x01]);
+        aws.extend_from_slice(b"vpce-08d2bf15fac5001c9");
+        aws.extend_from_slice(&[0x04, 0x00, 0x24]);
+        aws.extend_from_slice(&[0; 36]);
+        let (hdr, n) = parse(&aws).unwrap().unwrap();
+        assert_eq!((hdr.source, n), (Some(sa("172.31.7.113:51442")), 100));
+
+        let mut body = ipv4_block();
+        body.extend_from_slice(&[0x03, 0x00, 0x04, 0, 0, 0, 0]);
+        body.extend_from_slice(&[0x04, 0x00, 0x02, 0xAB, 0xCD]);
+        let mut h = v2(1, 0x11, &body);
+        let at = 16 + 12 + 3;
+        let crc = CRC32C.checksum(&h);
+        h[at..at + 4].copy_from_slice(&crc.to_be_bytes());
+        let (hdr, n) = parse(&h).unwrap().unwrap();
+        assert_eq!((hdr.source, n), (Some(sa("192.0.2.1:56324")), h.len()));
+        // Any other byte changed: refused.
+        let mut forged = h.clone();
+        forged[16] = 10;
+        assert_eq!(parse(&forged), Err(ProxyError::BadV2));
+        let mut wrong = h.clone();
+        wrong[at + 3] ^= 1;
+        assert_eq!(parse(&wrong), Err(ProxyError::BadV2));
+        // A CRC32C value is exactly 4 bytes.
+        let mut body = ipv4_block();
+        body.extend_from_slice(&[0x03, 0x00, 0x02, 0, 0]);
+        assert_eq!(parse(&v2(1, 0x11, &body)), Err(ProxyError::BadV2));
     }
 }
