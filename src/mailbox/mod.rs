@@ -291,27 +291,14 @@ impl Snapshot {
     }
 
     /// UPDATE state: removes the messages at `indexes`. A message already gone counts as
-    /// removed; one that moved is removed where it is now. Returns how many could not be
-    /// removed (they stay in the maildrop, whole). Then syncs the directories so the removal
-    /// survives a power loss.
+    /// removed; one that moved is removed where it is now ([`Snapshot::remove`]). Returns how
+    /// many could not be removed (they stay in the maildrop, whole). Then syncs the
+    /// directories so the removal survives a power loss.
     pub fn commit(&self, indexes: &[usize]) -> usize {
         let mut failed = 0;
-        let mut moved: Option<HashMap<String, PathBuf>> = None;
+        let mut names: Option<HashMap<String, PathBuf>> = None;
         for &i in indexes {
-            let r = match fs::remove_file(self.path(i)) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let map = moved.get_or_insert_with(|| index_by_base(self.root()));
-                    match map.get(self.base(i)) {
-                        Some(p) => match fs::remove_file(p) {
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                            r => r,
-                        },
-                        None => Ok(()),
-                    }
-                }
-                r => r,
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.remove(i, &mut names) {
                 failed += 1;
                 tracing::error!(path = %self.path(i).display(), error = %e, "could not delete message");
             }
@@ -322,6 +309,39 @@ impl Snapshot {
             }
         }
         failed
+    }
+
+    /// Unlinks message `index`. When it is not where the snapshot saw it (another agent
+    /// renamed it: new/ → cur/, a flag change), it is looked up by its base name in `names`, a
+    /// listing of new/ and cur/ kept for the rest of the commit, and the listing is made again
+    /// whenever it is missing or out of date. It counts as removed only when a listing made
+    /// after it went missing does not have it. A message that keeps moving is given up after
+    /// a few tries (Dovecot retries a rename race 10 times), and an error listing the
+    /// directories is a failure: the message is then kept and the client told so.
+    fn remove(&self, index: usize, names: &mut Option<HashMap<String, PathBuf>>) -> io::Result<()> {
+        const TRIES: usize = 10;
+        let base = self.base(index);
+        let mut path = self.path(index);
+        let mut listed_since = false;
+        for _ in 0..TRIES {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                r => return r,
+            }
+            match names.as_ref().and_then(|m| m.get(base)) {
+                Some(p) if *p != path => {
+                    path = p.clone();
+                    continue;
+                }
+                None if listed_since => return Ok(()),
+                _ => {}
+            }
+            *names = Some(index_by_base(self.root())?);
+            listed_since = true;
+        }
+        Err(io::Error::other(
+            "the message kept being renamed by another process",
+        ))
     }
 }
 
@@ -646,23 +666,29 @@ pub fn ensure_maildir(root: &Path) -> io::Result<()> {
 }
 
 fn find_by_base(root: &Path, base: &str) -> io::Result<Option<PathBuf>> {
-    Ok(index_by_base(root).remove(base))
+    Ok(index_by_base(root)?.remove(base))
 }
 
-fn index_by_base(root: &Path) -> HashMap<String, PathBuf> {
+/// Where each message of new/ and cur/ is now, by base name. An error reading a directory
+/// is an error (a missing one is empty): a message must not be taken for gone because its
+/// directory could not be read.
+fn index_by_base(root: &Path) -> io::Result<HashMap<String, PathBuf>> {
     let mut map = HashMap::new();
     for sub in [Sub::New, Sub::Cur] {
         let dir = root.join(sub.dir());
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for entry in rd.flatten() {
-            if let Ok(name) = entry.file_name().into_string() {
+        let rd = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            r => r?,
+        };
+        for entry in rd {
+            if let Ok(name) = entry?.file_name().into_string() {
                 if let Some(n) = MaildirName::parse(&name) {
                     map.insert(n.base.to_owned(), dir.join(&name));
                 }
             }
         }
     }
-    map
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -672,6 +698,31 @@ mod tests {
 
     fn put(root: &Path, sub: &str, name: &str, bytes: &[u8]) {
         fs::write(root.join(sub).join(name), bytes).unwrap();
+    }
+
+    #[test]
+    fn commit_follows_a_message_renamed_after_the_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("Maildir");
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        put(&root, "new", "1700000002.M1P1.h", b"b\n");
+        let s = Snapshot::load(&root).unwrap();
+        // The commit's listing (made for an earlier message) still shows message 2 in new/;
+        // then another agent moves it to cur/ and sets a flag.
+        let mut names = Some(index_by_base(&root).unwrap());
+        fs::rename(
+            root.join("new/1700000002.M1P1.h"),
+            root.join("cur/1700000002.M1P1.h:2,S"),
+        )
+        .unwrap();
+        s.remove(1, &mut names).unwrap();
+        assert!(!root.join("cur/1700000002.M1P1.h:2,S").exists());
+        // Gone for good: removed, and no error.
+        fs::remove_file(root.join("new/1700000001.M1P1.h")).unwrap();
+        s.remove(0, &mut names).unwrap();
+        assert!(fs::read_dir(root.join("cur")).unwrap().next().is_none());
+        assert!(fs::read_dir(root.join("new")).unwrap().next().is_none());
     }
 
     #[test]
