@@ -291,9 +291,9 @@ impl Snapshot {
     }
 
     /// UPDATE state: removes the messages at `indexes`. A message already gone counts as
-    /// removed; one that moved is removed where it is now ([`Snapshot::remove`]). Returns how
-    /// many could not be removed (they stay in the maildrop, whole). Then syncs the
-    /// directories so the removal survives a power loss.
+    /// removed; one that moved is removed where it is now, found again by its base name (also
+    /// when it moves again meanwhile). Returns how many could not be removed (they stay in
+    /// the maildrop, whole). Then syncs the directories so the removal survives a power loss.
     pub fn commit(&self, indexes: &[usize]) -> usize {
         let mut failed = 0;
         let mut names: Option<HashMap<String, PathBuf>> = None;
