@@ -63,21 +63,19 @@ impl<'a> MaildirName<'a> {
 
 /// A size field of the name, read as Dovecot's `maildir_filename_get_size` reads it: only the
 /// first `,<key>=` in the whole name (the flags part included) counts; its decimal digits
-/// (none at all read as 0) must be followed by `,`, `:` or the end of the name, and a name
-/// that ends right after the `=` has no size. A malformed first field is not made up for by
-/// a later one. Overlong numbers wrap, as Dovecot's `uoff_t` arithmetic does.
+/// must be followed by `,`, `:` or the end of the name. A malformed first field is not made
+/// up for by a later one. Overlong numbers wrap, as Dovecot's `uoff_t` arithmetic does. One
+/// departure: a field without digits is no size (the file is read), where Dovecot takes 0 and
+/// would list the message as empty while sending its bytes.
 fn extension_size(name: &str, key: u8) -> Option<u64> {
     let b = name.as_bytes();
     let start = b
         .windows(3)
         .position(|w| w[0] == b',' && w[1] == key && w[2] == b'=')?
         + 3;
-    if start == b.len() {
-        return None;
-    }
     let digits = &b[start..];
     let n = digits.iter().take_while(|c| c.is_ascii_digit()).count();
-    if !matches!(digits.get(n), None | Some(b',' | b':')) {
+    if n == 0 || !matches!(digits.get(n), None | Some(b',' | b':')) {
         return None;
     }
     Some(digits[..n].iter().fold(0u64, |acc, d| {
@@ -141,9 +139,10 @@ mod tests {
         // Only the first `,S=` counts, even when a later one would parse.
         assert_eq!(sizes("1.M1P1.h,S=10,S=20,W=30"), (Some(10), Some(30)));
         assert_eq!(sizes("1.M1P1.h,S=x,S=20"), (None, None));
-        // No digits at all is a size of 0, unless the name ends right after the `=`.
-        assert_eq!(sizes("1.M1P1.h,S=,W=:2,S"), (Some(0), Some(0)));
+        // No digits at all is no size: the file is read (Dovecot would take 0).
+        assert_eq!(sizes("1.M1P1.h,S=,W=:2,S"), (None, None));
         assert_eq!(sizes("1.M1P1.h,W="), (None, None));
+        assert_eq!(sizes("1.M1P1.h,S=,S=9"), (None, None));
         // Only digits: no sign, no spaces.
         assert_eq!(sizes("1.M1P1.h,S=+5,W=+7"), (None, None));
         // The flags part is searched too, as Dovecot passes the whole file name.
