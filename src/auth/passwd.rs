@@ -677,8 +677,7 @@ fn parse_id(field: Option<&[u8]>) -> Result<Option<u32>, ()> {
         None | Some(b"") => Ok(None),
         Some(f) => std::str::from_utf8(f)
             .ok()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u32>().ok())
+            .and_then(super::scheme::parse_uint)
             .filter(|&id| id != 0 && id != u32::MAX)
             .map(Some)
             .ok_or(()),

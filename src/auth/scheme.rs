@@ -415,8 +415,8 @@ fn b64_decode(engine: &GeneralPurpose, data: &str) -> Option<Vec<u8>> {
 }
 
 /// A decimal number as Dovecot's `str_to_uint()` takes it: digits only (no
-/// sign, no spaces), no overflow.
-fn parse_uint(s: &str) -> Option<u32> {
+/// sign, no spaces), no overflow. Also the passwd-file's uid/gid rule.
+pub(super) fn parse_uint(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
