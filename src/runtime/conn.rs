@@ -1090,14 +1090,15 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
     use std::os::unix::fs::FileExt;
     let file = snapshot.open_file(index)?;
     if zero_copy {
+        // Checked before mapping: a refused file is not mapped and pre-faulted for nothing.
+        let mut head = [0u8; mailbox::COMPRESSION_MAGIC_LEN];
+        let n = file.read_at(&mut head, 0)?;
+        refuse_compressed(&head[..n])?;
         let map = MappedFile::from_file(&file)?;
         let mut last = [b'\n'];
         if !map.is_empty() {
             file.read_exact_at(&mut last, map.len() as u64 - 1)?;
         }
-        let mut head = [0u8; mailbox::COMPRESSION_MAGIC_LEN];
-        let n = file.read_at(&mut head, 0)?;
-        refuse_compressed(&head[..n])?;
         return Ok(Body::Mapped {
             map,
             file,
