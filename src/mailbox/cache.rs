@@ -15,7 +15,10 @@
 //! to its list changes the list's. Because file-system timestamps come from a coarse clock,
 //! two changes in the same tick can leave an mtime unchanged: a snapshot listed less than
 //! [`RACY`] after the newest of those mtimes is never served from the cache (the next login
-//! lists again), the way git treats "racily clean" index entries.
+//! lists again), the way git treats "racily clean" index entries. A snapshot that left a
+//! listed message out for a passing reason (it could not get a UID: `dovecot-uidlist`'s lock
+//! busy, the list unwritable) is not cached either: the stamp would not change when that
+//! reason goes away.
 //!
 //! Across processes nothing is shared in memory: each process has its own cache, and all of
 //! them share the on-disk index ([`super::index`]).

@@ -145,13 +145,19 @@ impl Snapshot {
             .as_ref()
             .map(Snapshot::newly_wire_form)
             .unwrap_or_default();
-        let (snapshot, wrote_index) = load_uncached(root, opts, stamp, &learned)?;
+        let loaded = load_uncached(root, opts, stamp, &learned)?;
+        let snapshot = loaded.snapshot;
         if let Some(c) = cache {
             c.stats().misses.fetch_add(1, Relaxed);
-            if wrote_index {
+            if loaded.wrote_index {
                 c.stats().index_writes.fetch_add(1, Relaxed);
             }
-            c.put(root, &snapshot);
+            // A snapshot that left a message out for a passing reason (no UID yet) is not
+            // reused: nothing in the stamp changes when that reason goes away. (The cached
+            // one, if any, has another stamp: it is not served either.)
+            if loaded.complete {
+                c.put(root, &snapshot);
+            }
         }
         Ok(snapshot)
     }
@@ -419,7 +425,17 @@ enum UidSource {
     None,
 }
 
-/// Builds a snapshot from the directories; the flag says whether the on-disk index was written.
+/// What [`load_uncached`] built.
+struct Uncached {
+    snapshot: Snapshot,
+    /// The on-disk index was written.
+    wrote_index: bool,
+    /// Every message listed is in the snapshot, or left out for good (gone, or a name that
+    /// can never get a UID); false when one waits for a later login (UIDs could not be given).
+    complete: bool,
+}
+
+/// Builds a snapshot from the directories.
 ///
 /// `learned`: base names (with their sizes) of messages a RETR found to be wire form.
 fn load_uncached(
@@ -427,8 +443,9 @@ fn load_uncached(
     opts: &LoadOptions,
     stamp: cache::Stamp,
     learned: &HashMap<&str, u64>,
-) -> io::Result<(Snapshot, bool)> {
+) -> io::Result<Uncached> {
     let mut wrote_index = false;
+    let mut complete = true;
     let found = list(root)?;
     let dovecot = match uidlist::read_dovecot(root) {
         Ok(l) => Ok(l),
@@ -493,6 +510,7 @@ fn load_uncached(
                     Ok(l) => UidSource::Dovecot(l),
                     Err(e) => {
                         tracing::warn!(dir = %root.display(), error = %e, "cannot add UIDs to dovecot-uidlist; new mail waits for a later login");
+                        complete = false;
                         match list {
                             Some(l) => UidSource::Dovecot(l),
                             None => UidSource::None,
@@ -637,8 +655,8 @@ fn load_uncached(
             }
         }
     }
-    Ok((
-        Snapshot {
+    Ok(Uncached {
+        snapshot: Snapshot {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 learned: (0..messages.len().div_ceil(64))
@@ -649,7 +667,8 @@ fn load_uncached(
             }),
         },
         wrote_index,
-    ))
+        complete,
+    })
 }
 
 /// Creates `root/{cur,new,tmp}` (mode 0700) where missing.
@@ -1030,6 +1049,29 @@ mod tests {
         // A fresh (racy) snapshot is never served from the cache.
         let e = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
         assert!(!e.ptr_eq(&d));
+    }
+
+    #[test]
+    fn a_snapshot_that_left_new_mail_out_is_not_cached() {
+        // UIDs are in use and dovecot-uidlist's lock is busy: the new message gets no UID
+        // and waits for a later login. Nothing in new/, cur/ or the list changes when the
+        // lock goes away, so a cached snapshot would hide the message until the next
+        // delivery.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST), "3 V7 N1\n").unwrap();
+        // Old enough that the stamp is trustworthy (the snapshot would be cached).
+        std::thread::sleep(cache::RACY + std::time::Duration::from_millis(100));
+        fs::write(root.join(uidlist::DOVECOT_UIDLIST_LOCK), "").unwrap();
+        let cache = IndexCache::new(8);
+        let opts = LoadOptions::default();
+        let s = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
+        assert!(s.messages().is_empty());
+        fs::remove_file(root.join(uidlist::DOVECOT_UIDLIST_LOCK)).unwrap();
+        let t = Snapshot::load_with(&root, &opts, Some(&cache)).unwrap();
+        assert_eq!(uidls(&t), ["0000000100000007"]);
     }
 
     #[test]
