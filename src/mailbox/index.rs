@@ -21,8 +21,9 @@
 //! and the record's UID is unchanged; otherwise they are recomputed.
 //!
 //! A file that is missing, truncated, of zero length, has flipped bits (checksum), another
-//! version (an older corepop's), or any malformed line is ignored as a whole and rebuilt: a
-//! wrong size or UIDL is never served. The file is written to a temporary name and renamed
+//! version (an older corepop's), or any malformed line is ignored and rebuilt: a wrong size
+//! or UIDL is never served. Only its `uidl` line, when whole, is still used to tell which
+//! UIDL format the automatic mode chose for this Maildir. The file is written to a temporary name and renamed
 //! into place (atomic), under the maildrop lock. A failed write (disk full, permissions) is
 //! logged and the session goes on; the next login tries again. Temporary files a crashed
 //! writer left behind are removed by the next write.
@@ -271,7 +272,32 @@ pub fn parse(bytes: &[u8]) -> Option<Loaded> {
     })
 }
 
-/// Reads the index of the Maildir at `root`; empty when missing or invalid.
+/// What a damaged index still tells: its `uidl` line, when that line is whole (records and
+/// sizes are never taken from a damaged file). The automatic UIDL format sticks to what this
+/// Maildir's clients have seen through it (see [`super::Snapshot::load_with`]), so a damaged
+/// index must not make it forget.
+fn salvage(bytes: &[u8]) -> Loaded {
+    let head = bytes
+        .strip_prefix(MAGIC.as_bytes())
+        .and_then(|b| {
+            b.split(|&c| c == b'\n')
+                .next()
+                .filter(|l| l.len() < b.len())
+        })
+        .and_then(|l| std::str::from_utf8(l).ok());
+    let mut f = head.unwrap_or_default().split('\t');
+    match (f.next(), f.next(), f.next(), f.next()) {
+        (Some("uidl"), Some(format), Some(uidv), None) if !format.is_empty() => Loaded {
+            format: format.to_owned(),
+            uidvalidity: uidv.parse().unwrap_or(0),
+            records: HashMap::new(),
+        },
+        _ => Loaded::default(),
+    }
+}
+
+/// Reads the index of the Maildir at `root`; without records when missing or invalid (a
+/// damaged one keeps its whole `uidl` line, see [`salvage`]).
 pub fn load(root: &Path) -> Loaded {
     match fs::read(root.join(INDEX_FILE)) {
         // An older corepop's index: its sizes are not reused, but it tells that this Maildir's
@@ -282,7 +308,7 @@ pub fn load(root: &Path) -> Loaded {
         },
         Ok(bytes) => parse(&bytes).unwrap_or_else(|| {
             tracing::warn!(dir = %root.display(), "index is invalid or from another version; rebuilding it");
-            Loaded::default()
+            salvage(&bytes)
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::default(),
         Err(e) => {

@@ -1014,6 +1014,38 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_index_keeps_the_automatic_uidl_format() {
+        // Base-name UIDLs were served; then Dovecot IMAP created a dovecot-uidlist.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ensure_maildir(&root).unwrap();
+        put(&root, "new", "1700000001.M1P1.h", b"a\n");
+        put(&root, "cur", "1700000002.M1P1.h:2,S", b"b\n");
+        let seen = ["1700000001.M1P1.h", "1700000002.M1P1.h"];
+        assert_eq!(uidls(&Snapshot::load(&root).unwrap()), seen);
+        fs::write(
+            root.join(uidlist::DOVECOT_UIDLIST),
+            "3 V9 N3\n1 :1700000001.M1P1.h\n2 :1700000002.M1P1.h\n",
+        )
+        .unwrap();
+        let good = fs::read(root.join(index::INDEX_FILE)).unwrap();
+        // A torn write or flipped bits in the records, or a crashed writer's empty file: the
+        // index is rebuilt, but the UIDLs clients know must not change.
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 0x01;
+        let damaged: [(&str, Vec<u8>); 2] = [
+            ("truncated", good[..good.len() - 5].to_vec()),
+            ("flipped bit", flipped),
+        ];
+        for (what, bytes) in damaged {
+            fs::write(root.join(index::INDEX_FILE), bytes).unwrap();
+            assert_eq!(uidls(&Snapshot::load(&root).unwrap()), seen, "{what}");
+            // And the rebuilt index keeps the format for the next login.
+            assert_eq!(index::load(&root).format, "%f", "{what}");
+        }
+    }
+
+    #[test]
     fn cache_shares_one_copy_and_sees_changes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
