@@ -23,7 +23,8 @@
 //! A file that is missing, truncated, of zero length, has flipped bits (checksum), another
 //! version (an older corepop's), or any malformed line is ignored and rebuilt: a wrong size
 //! or UIDL is never served. Only its `uidl` line, when whole, is still used to tell which
-//! UIDL format the automatic mode chose for this Maildir. The file is written to a temporary name and renamed
+//! UIDL format the automatic mode chose for this Maildir. Only a regular file is read (never
+//! through a symbolic link), and only as long as the listed messages can need ([`load`]). The file is written to a temporary name and renamed
 //! into place (atomic), under the maildrop lock. A failed write (disk full, permissions) is
 //! logged and the session goes on; the next login tries again. Temporary files a crashed
 //! writer left behind are removed by the next write.
@@ -296,16 +297,34 @@ fn salvage(bytes: &[u8]) -> Loaded {
     }
 }
 
-/// Reads the index of the Maildir at `root`; without records when missing or invalid (a
-/// damaged one keeps its whole `uidl` line, see [`salvage`]).
-pub fn load(root: &Path) -> Loaded {
-    match fs::read(root.join(INDEX_FILE)) {
+/// The longest record line [`encode`] writes, with room to spare: a base name of up to
+/// `NAME_MAX` (255) octets, three 20-digit numbers, a UID, a UIDL of up to 70 octets.
+const MAX_RECORD: u64 = 512;
+/// An index may always be this long (the head line, and records of messages removed by
+/// another agent since it was written).
+const MIN_LIMIT: u64 = 16 << 20;
+
+/// Reads the index of the Maildir at `root`, where `listed` messages were just listed;
+/// without records when missing or invalid (a damaged one keeps its whole `uidl` line, see
+/// [`salvage`]).
+///
+/// Only a regular file is read (no symbolic link, FIFO or device: a user who can write into
+/// their Maildir must not make the server read other files or wait forever), and only as
+/// much of it as an index of that many messages can need (at least [`MIN_LIMIT`]): a huge
+/// sparse file costs neither disk nor quota, and must not cost the server its memory.
+pub fn load(root: &Path, listed: usize) -> Loaded {
+    let limit = (listed as u64).saturating_mul(MAX_RECORD).max(MIN_LIMIT);
+    match read_bounded(&root.join(INDEX_FILE), limit) {
         // An older corepop's index: its sizes are not reused, but it tells that this Maildir's
         // clients have seen base-name UIDLs (`%f`), which automatic UIDLs then keep.
         Ok(bytes) if bytes.starts_with(b"corepop-index 1\n") => Loaded {
             format: "%f".into(),
             ..Loaded::default()
         },
+        Ok(bytes) if bytes.len() as u64 > limit => {
+            tracing::warn!(dir = %root.display(), limit, "index is larger than the listed messages can need; rebuilding it");
+            salvage(&bytes)
+        }
         Ok(bytes) => parse(&bytes).unwrap_or_else(|| {
             tracing::warn!(dir = %root.display(), "index is invalid or from another version; rebuilding it");
             salvage(&bytes)
@@ -316,6 +335,27 @@ pub fn load(root: &Path) -> Loaded {
             Loaded::default()
         }
     }
+}
+
+/// Up to `limit + 1` octets of the regular file at `path` (not through a symbolic link).
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let take = limit.saturating_add(1);
+    let mut bytes = Vec::with_capacity(meta.len().min(take) as usize);
+    file.take(take).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Serialises records (in the given order) under a `uidl` line.
@@ -493,6 +533,41 @@ mod tests {
         assert!(parse(b"corepop-index 1\na\t3\t2\nend 1 0000000000000000\n").is_none());
     }
 
+    /// A user who can write into their Maildir must not make the server read other files
+    /// through the index: not another user's index, not a FIFO (a login that never ends),
+    /// not `/dev/zero` or a huge sparse file (memory for the whole server).
+    #[test]
+    fn only_a_regular_file_of_bounded_size_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        store(other.path(), &sample()).unwrap();
+        let path = dir.path().join(INDEX_FILE);
+        std::os::unix::fs::symlink(other.path().join(INDEX_FILE), &path).unwrap();
+        assert!(
+            load(dir.path(), 2).records.is_empty(),
+            "a symlink is followed"
+        );
+        // Writing replaces the link, never its target.
+        store(dir.path(), &encode("%f", 0, std::iter::empty())).unwrap();
+        assert!(!path.is_symlink());
+        assert_eq!(load(other.path(), 2).records.len(), 2);
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(load(dir.path(), 2).records.is_empty());
+        fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.unwrap().success());
+        assert!(load(dir.path(), 2).records.is_empty());
+        fs::remove_file(&path).unwrap();
+        // Sparse: no disk blocks, no quota; its size is far beyond what 2 messages need.
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(1 << 40).unwrap();
+        assert!(load(dir.path(), 2).records.is_empty());
+        // A large index is read when that many messages are listed.
+        fs::write(&path, sample()).unwrap();
+        assert_eq!(load(dir.path(), 2).records.len(), 2);
+    }
+
     #[test]
     fn store_replaces_atomically_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
@@ -507,9 +582,9 @@ mod tests {
             .set_modified(old)
             .unwrap();
         store(dir.path(), &sample()).unwrap();
-        assert_eq!(load(dir.path()).records.len(), 2);
+        assert_eq!(load(dir.path(), 2).records.len(), 2);
         fs::write(dir.path().join(INDEX_FILE), b"garbage").unwrap();
-        assert!(load(dir.path()).records.is_empty());
+        assert!(load(dir.path(), 2).records.is_empty());
         let leftovers = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary files left behind");
     }

@@ -454,7 +454,7 @@ fn load_uncached(
             Err(())
         }
     };
-    let known = index::load(root);
+    let known = index::load(root, found.len());
     let auto_format;
     let format = match (&opts.uidl_format, &dovecot) {
         (Some(f), _) => f,
@@ -853,13 +853,13 @@ mod tests {
         fs::write(root.join(index::INDEX_FILE), b"corepop-index 2\nbad").unwrap();
         let third = Snapshot::load(&root).unwrap();
         assert_eq!(third.messages()[0].octets, 12);
-        assert_eq!(index::load(&root).records.len(), 2);
+        assert_eq!(index::load(&root, usize::MAX).records.len(), 2);
         // New mail is indexed; removed mail leaves the index.
         fs::remove_file(root.join("cur/1700000002.M1P1.h:2,S")).unwrap();
         put(&root, "new", "1700000003.M1P1.h", b"d\n");
         let fourth = Snapshot::load(&root).unwrap();
         assert_eq!(fourth.messages().len(), 2);
-        let idx = index::load(&root);
+        let idx = index::load(&root, usize::MAX);
         assert_eq!(idx.records.len(), 2);
         let r = &idx.records["1700000003.M1P1.h"];
         assert_eq!((r.entry.crlf_size, r.entry.size), (3, 2));
@@ -1041,7 +1041,7 @@ mod tests {
             fs::write(root.join(index::INDEX_FILE), bytes).unwrap();
             assert_eq!(uidls(&Snapshot::load(&root).unwrap()), seen, "{what}");
             // And the rebuilt index keeps the format for the next login.
-            assert_eq!(index::load(&root).format, "%f", "{what}");
+            assert_eq!(index::load(&root, usize::MAX).format, "%f", "{what}");
         }
     }
 
@@ -1137,7 +1137,7 @@ mod tests {
         let s = Snapshot::load(&root).unwrap();
         assert_eq!(s.messages().len(), 2);
         assert!(name::valid_uidl(&s.messages()[0].uidl));
-        let idx = index::load(&root);
+        let idx = index::load(&root, usize::MAX);
         assert_eq!(idx.records.len(), 1, "index stays valid, without that name");
         // With UIDs in use, such a name is never written into dovecot-uidlist.
         fs::write(root.join(uidlist::DOVECOT_UIDLIST), "3 V5 N1\n").unwrap();
