@@ -211,11 +211,15 @@ impl UidlFormat {
                                 out.push('0');
                             }
                         } else if val.len() > *width {
-                            val = if *neg {
-                                val[val.len() - width..].to_owned()
+                            // Octets, as Dovecot counts; a cut inside a character leaves
+                            // U+FFFD for its part (such a UIDL is not valid, and is hashed).
+                            let b = val.as_bytes();
+                            let kept = if *neg {
+                                &b[b.len() - width..]
                             } else {
-                                val[..*width].to_owned()
+                                &b[..*width]
                             };
+                            val = String::from_utf8_lossy(kept).into_owned();
                         }
                     }
                     out.push_str(&val);
@@ -265,6 +269,28 @@ mod tests {
         assert!(!UidlFormat::parse("%f").unwrap().needs_uids());
         assert!(UidlFormat::parse("%f").unwrap().is_base_name());
         assert!(UidlFormat::parse("%m").unwrap().needs_header_md5());
+    }
+
+    #[test]
+    fn a_width_that_cuts_a_character_does_not_panic() {
+        // Base names are UTF-8 (listing skips others) but need not be ASCII; a width counts
+        // octets, as in Dovecot, and may fall inside a character. The result is deterministic
+        // (and, not being a valid UIDL, hashed by the caller).
+        let v = UidlVars {
+            base: "abcé.h",
+            ..vars()
+        };
+        let e = |f: &str| UidlFormat::parse(f).unwrap().expand(&v);
+        assert_eq!(e("%3f"), "abc");
+        assert_eq!(e("%4f"), e("%4f"));
+        assert_ne!(e("%4f"), e("%3f"));
+        assert_eq!(e("%-2f"), ".h");
+        let w = UidlVars {
+            base: "x.hé",
+            ..vars()
+        };
+        let back = UidlFormat::parse("%-1f").unwrap().expand(&w);
+        assert_ne!(back, UidlFormat::parse("%-2f").unwrap().expand(&w));
     }
 
     #[test]
