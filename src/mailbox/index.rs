@@ -24,10 +24,14 @@
 //! version (an older corepop's), or any malformed line is ignored and rebuilt: a wrong size
 //! or UIDL is never served. Only its `uidl` line, when whole, is still used to tell which
 //! UIDL format the automatic mode chose for this Maildir. Only a regular file is read (never
-//! through a symbolic link), and only as long as the listed messages can need ([`load`]). The file is written to a temporary name and renamed
-//! into place (atomic), under the maildrop lock. A failed write (disk full, permissions) is
-//! logged and the session goes on; the next login tries again. Temporary files a crashed
-//! writer left behind are removed by the next write.
+//! through a symbolic link), and only as long as the listed messages can need ([`load`]).
+//!
+//! The file (mode 0600, whatever the umask) is written to a new temporary file, synced, and
+//! renamed into place (atomic), under the maildrop lock. The directory is not synced: after
+//! a power loss the previous index (or none) may be back, which is still true of every
+//! message it lists. A failed write (disk full, permissions) is logged and the session goes
+//! on; the next login tries again. Temporary files a crashed writer left behind are removed
+//! by the next write.
 //!
 //! Base names identify a delivered message for its whole life (Maildir files are never
 //! modified after delivery; flag changes keep the base), so recorded facts stay true.
@@ -414,7 +418,14 @@ pub fn store(root: &Path, bytes: &[u8]) -> io::Result<()> {
         rand::random::<u32>()
     ));
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Only for the server, as the lock file: it lists every message's name, size and
+        // UIDL. A new file, never one planted under that name (a link is not followed).
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_data()?;
         fs::rename(&tmp, root.join(INDEX_FILE))
@@ -583,6 +594,13 @@ mod tests {
             .unwrap();
         store(dir.path(), &sample()).unwrap();
         assert_eq!(load(dir.path(), 2).records.len(), 2);
+        // Readable by the server only, whatever the umask (here usually 022).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join(INDEX_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         fs::write(dir.path().join(INDEX_FILE), b"garbage").unwrap();
         assert!(load(dir.path(), 2).records.is_empty());
         let leftovers = fs::read_dir(dir.path()).unwrap().count();
