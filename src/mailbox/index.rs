@@ -309,12 +309,12 @@ const MAX_RECORD: u64 = 512;
 const MIN_LIMIT: u64 = 16 << 20;
 
 /// Reads the index of the Maildir at `root`, where `listed` messages were just listed;
-/// without records when missing or invalid (a damaged one keeps its whole `uidl` line, see
-/// [`salvage`]).
+/// without records when missing or invalid (a damaged one still gives its `uidl` line when
+/// that line is whole).
 ///
 /// Only a regular file is read (no symbolic link, FIFO or device: a user who can write into
 /// their Maildir must not make the server read other files or wait forever), and only as
-/// much of it as an index of that many messages can need (at least [`MIN_LIMIT`]): a huge
+/// much of it as an index of that many messages can need (at least 16 MiB): a huge
 /// sparse file costs neither disk nor quota, and must not cost the server its memory.
 pub fn load(root: &Path, listed: usize) -> Loaded {
     let limit = (listed as u64).saturating_mul(MAX_RECORD).max(MIN_LIMIT);
