@@ -3,8 +3,9 @@
 //! Owns: loading certificate chains and private keys from PEM files (with errors that name the
 //! file), checking that each key matches its certificate, choosing a certificate by SNI (the
 //! `[tls]` default when the client sends no name or an unknown one), protocol versions (TLS 1.2
-//! and 1.3 only, ring provider) and session resumption (stateless tickets and a session cache),
-//! and the reloadable holder the runtime reads a fresh config from for each new connection.
+//! and 1.3 only, ring provider), ALPN (`pop3` only: clients offering other protocols are
+//! refused), session resumption (stateless tickets and a session cache), and the reloadable
+//! holder the runtime reads a fresh config from for each new connection.
 //!
 //! Does not own: sockets, handshakes or timeouts (the runtime does those).
 
@@ -68,6 +69,10 @@ pub fn load_certified_key(
     Ok(Arc::new(ck))
 }
 
+/// The ALPN protocol id of POP3 (IANA "TLS Application-Layer Protocol Negotiation (ALPN)
+/// Protocol IDs" registry, RFC 7301).
+pub const ALPN_POP3: &[u8] = b"pop3";
+
 /// Chooses a certificate by the SNI name; the default one otherwise.
 #[derive(Debug)]
 struct SniResolver {
@@ -116,6 +121,10 @@ pub fn server_config(cfg: &config::Tls) -> anyhow::Result<Option<Arc<ServerConfi
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { default, names }));
     sc.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session ticketer")?;
+    // RFC 7301: a client offering only protocols we do not speak gets the fatal
+    // `no_application_protocol` alert (rustls sends it); one offering none is served. This
+    // stops cross-protocol attacks (ALPACA) that point an HTTPS client at port 995.
+    sc.alpn_protocols = vec![ALPN_POP3.to_vec()];
     Ok(Some(Arc::new(sc)))
 }
 
