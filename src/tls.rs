@@ -40,9 +40,21 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC; the first one in the file).
+/// An encrypted (passphrase-protected) key is refused with a message saying so.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let pem =
         std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+    {
+        return Err(anyhow!(
+            "key file {p}: the key is encrypted (passphrase-protected), which corepop does not \
+             support; write an unencrypted copy readable only by corepop's user: \
+             openssl pkey -in {p} -out NEW.key",
+            p = path.display()
+        ));
+    }
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
             anyhow!("key file {}: no PRIVATE KEY block found", path.display())
@@ -59,9 +71,20 @@ pub fn load_certified_key(
 ) -> anyhow::Result<Arc<CertifiedKey>> {
     let chain = load_certs(cert)?;
     let der = load_key(key)?;
-    let ck = CertifiedKey::from_der(chain, der, provider).map_err(|e| {
+    // Loading the key and matching it are separate steps, so that a key rustls cannot sign
+    // with is not reported as a mismatch with the certificate.
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| {
         anyhow!(
-            "key file {} does not fit certificate file {}: {e}",
+            "key file {}: unsupported private key ({e}); corepop uses RSA (2048 to 8192 bits), \
+             ECDSA P-256 or P-384, and Ed25519 keys",
+            key.display()
+        )
+    })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| {
+        anyhow!(
+            "key file {} does not fit certificate file {} (the certificate for this key must \
+             come first): {e}",
             key.display(),
             cert.display()
         )
@@ -245,5 +268,61 @@ mod tests {
         assert!(r.lookup("a.example.net").is_some());
         assert!(r.lookup("a.b.example.net").is_none());
         assert!(r.lookup("example.org").is_none());
+    }
+
+    /// A P-521 key (SEC1, as `openssl ecparam -name secp521r1 -genkey -noout` writes it):
+    /// valid PEM, but ring signs only with P-256/P-384.
+    const P521_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
+MIHcAgEBBEIAQhis/9SttgRt17tAnfUYmhkS94eYdCTg3oVTsKZHIB9lb3gNLw5D
+hGXekEqrBtVQwdHn3isVGdC6rvZDLxycnJigBwYFK4EEACOhgYkDgYYABADYRs+W
+MRDt7UCv7w/GyPFsy49SSSadHGCxyW6NMki+T6otl7fzX8gOyLzPPnIdjGK/aZ4u
+BhyeZqEB1o2HRLUzugARO9xDqOt2JrrJyLThCRNVeg7p8RMZextx3tUv6yfNTu1N
+SdAW2FizOZyNolk5qLT8bxkpXCsEewG93Agw0QbAMA==
+-----END EC PRIVATE KEY-----
+";
+
+    /// Keys corepop cannot use are named for what they are, not reported as a mismatch with
+    /// the certificate (which sends the administrator looking at the wrong file).
+    #[test]
+    fn encrypted_and_unsupported_keys_say_so() {
+        let provider = rustls::crypto::ring::default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "a", &["localhost"]);
+        let pem = std::fs::read_to_string(&k).unwrap();
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let check = |name: &str, text: String, want: &[&str]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let e = format!("{:#}", load_certified_key(&c, &p, &provider).unwrap_err());
+            for w in want {
+                assert!(e.contains(w), "{name}: {e}");
+            }
+            assert!(!e.contains("does not fit"), "{name}: {e}");
+        };
+        // PKCS#8 encrypted (openssl genpkey -aes256, Dovecot's ssl_key_password setups).
+        check(
+            "p8.key",
+            format!("-----BEGIN ENCRYPTED PRIVATE KEY-----\n{body}\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+            &["p8.key", "encrypted"],
+        );
+        // Traditional OpenSSL encryption (openssl genrsa -aes256 -traditional).
+        check(
+            "trad.key",
+            format!(
+                "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                 DEK-Info: AES-256-CBC,A89E90AAC88BD080AFDB5BA0BDB71A92\n\n{body}\n\
+                 -----END RSA PRIVATE KEY-----\n"
+            ),
+            &["trad.key", "encrypted"],
+        );
+        check(
+            "p521.key",
+            P521_KEY.into(),
+            &["p521.key", "unsupported", "P-256"],
+        );
     }
 }
