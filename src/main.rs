@@ -248,6 +248,9 @@ fn allow_root(args: &ServeArgs) -> bool {
 /// `check-config`: everything start-up checks except binding, then the effective settings.
 fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
+    // The warnings start-up logs (skipped passwd-file lines, mechanisms some users cannot
+    // use) are what an operator runs this for: log them the same way, to standard error.
+    init_logging(&cfg.log.level);
     corepop::runtime::load_authenticator(&cfg)?;
     corepop::tls::server_config(&cfg.tls)?;
     let text = toml::to_string(&cfg).context("printing the configuration")?;

@@ -154,6 +154,23 @@ fn check_config_prints_effective_settings_and_names_bad_keys() {
     // Defaults are shown next to what the file set.
     assert!(stdout.contains("login_delay_secs = 300"), "{stdout}");
     assert!(stdout.contains("idle_timeout_secs = 600"), "{stdout}");
+    // What start-up warns about, check-config shows too: here a passwd-file line that serve
+    // would skip (the user could not log in), which check-config used to pass silently.
+    let mut passwd = fs::read_to_string(fx.passwd_path()).unwrap();
+    passwd.push_str("bob:{PLAIN}pw:0:0::/nonexistent::\n");
+    fs::write(fx.passwd_path(), passwd).unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(fx.config_path())
+        .env_remove("COREPOP_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("WARN") && err.contains("\"bob\"") && err.contains("line skipped"),
+        "check-config did not warn about the skipped passwd-file line:\n{err}"
+    );
 
     fs::write(
         fx.config_path(),
