@@ -256,6 +256,23 @@ pub struct SniCert {
     pub key: PathBuf,
 }
 
+/// Checks that a `[[tls.sni]]` name is one a client can send (RFC 6066: a DNS host name, no
+/// IP address) or a wildcard `*.` followed by one; `Err` says why not.
+fn check_sni_name(name: &str) -> Result<(), &'static str> {
+    let host = name.trim_end_matches('.');
+    let rest = host.strip_prefix("*.").unwrap_or(host);
+    if rest.parse::<IpAddr>().is_ok() {
+        return Err("is an IP address; clients send only host names in SNI");
+    }
+    if rest.contains('*') {
+        return Err("is not a host name: `*` may only be a whole first label (`*.example.org`)");
+    }
+    if rustls_pki_types::DnsName::try_from(rest).is_err() {
+        return Err("is not a host name");
+    }
+    Ok(())
+}
+
 /// `server.expire`: what CAPA's `EXPIRE` says (RFC 2449 §6.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "ExpireRepr", into = "ExpireRepr")]
@@ -490,9 +507,13 @@ impl Config {
         if !tls.sni.is_empty() && !tls.enabled() {
             return bad("tls.sni needs a default certificate: set tls.cert and tls.key".into());
         }
+        let mut sni_names = std::collections::HashSet::new();
         for s in &tls.sni {
-            if s.name.is_empty() || s.name.contains(char::is_whitespace) {
-                return bad(format!("tls.sni: invalid name {:?}", s.name));
+            if let Err(why) = check_sni_name(&s.name) {
+                return bad(format!("tls.sni: name {:?} {why}", s.name));
+            }
+            if !sni_names.insert(s.name.trim_end_matches('.').to_ascii_lowercase()) {
+                return bad(format!("tls.sni: name {:?} is listed twice", s.name));
             }
         }
         for m in &self.auth.mechanisms {
@@ -569,6 +590,45 @@ mod tests {
         assert!(c.validate().is_err());
         let e = toml::from_str::<Config>("[[tls.sni]]\nname = \"a\"\ncert = \"c\"\n").unwrap_err();
         assert!(e.to_string().contains("key"), "{e}");
+    }
+
+    /// SNI names that no client can send would silently never match (the default
+    /// certificate is served instead): refused at start-up, as is a name listed twice.
+    #[test]
+    fn sni_names_that_cannot_match_are_refused() {
+        let with = |names: &[&str]| -> Result<(), String> {
+            let mut t = String::from("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n");
+            for n in names {
+                t.push_str(&format!(
+                    "[[tls.sni]]\nname = \"{n}\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+                ));
+            }
+            let c: Config = toml::from_str(&t).unwrap();
+            c.validate().map_err(|e| e.to_string())
+        };
+        for ok in [
+            "pop.example.org",
+            "*.example.org",
+            "POP.Example.ORG.",
+            "localhost",
+        ] {
+            with(&[ok]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "*example.org",
+            "pop.*.example.org",
+            "*",
+            "*.",
+            "192.0.2.1",
+            "::1",
+            "pop_3.example.org:995",
+            "pop..example.org",
+        ] {
+            let e = with(&[bad]).expect_err(bad);
+            assert!(e.contains("tls.sni") && e.contains(bad), "{bad}: {e}");
+        }
+        let e = with(&["pop.example.org", "POP.example.org."]).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]
