@@ -25,7 +25,7 @@ const SAMPLES: &[(&str, &[u8])] = &[
     ),
     (
         "1700000002.M1P1.demo",
-        b"From: corepop <postmaster@example.org>\r\nTo: demo@example.org\r\nSubject: Already in wire form\r\nDate: Tue, 14 Nov 2023 22:13:22 +0000\r\n\r\nThis one has CRLF endings and no line starting with a dot,\r\nso RETR sends it straight from the memory mapping.\r\n",
+        b"From: corepop <postmaster@example.org>\r\nTo: demo@example.org\r\nSubject: Already in wire form\r\nDate: Tue, 14 Nov 2023 22:13:22 +0000\r\n\r\nThis one has CRLF endings and no line starting with a dot,\r\nso RETR sends it as stored, without converting it.\r\n",
     ),
     (
         "1700000003.M1P1.demo",

@@ -4,9 +4,9 @@
 //!
 //! Every test makes its own CA and two leaf certificates with rcgen: the default one
 //! (`CN=corepop-default`, SAN localhost and 127.0.0.1) and an SNI one (`CN=corepop-sni`, SAN
-//! pop.example.org). The messages cover both send paths: wire-clean CRLF messages (sent from
-//! the mapping through rustls) and LF / dot-line messages (transformed in chunks), small and
-//! several hundred KiB.
+//! pop.example.org). The messages cover wire-clean CRLF messages (sent as stored; under TLS
+//! never from a mapping, which is for plaintext `sendfile` only) and LF / dot-line messages
+//! (transformed in chunks), small and several hundred KiB.
 
 mod common;
 
