@@ -344,6 +344,12 @@ pub struct Proxy {
     pub trusted_networks: Vec<Cidr>,
     /// Seconds a trusted peer gets to send the complete header.
     pub header_timeout_secs: u64,
+    /// Allow USER/PASS and SASL PLAIN/LOGIN on the plaintext PROXY listeners whatever the
+    /// client's address: the proxy in front terminates TLS and refuses plaintext passwords
+    /// from its clients itself (nginx `mail` with `starttls only` or `ssl` listeners, which
+    /// always talks USER/PASS to its back end). Off: the client address from the header
+    /// decides, as on any plaintext listener.
+    pub plaintext_auth: bool,
 }
 
 impl Default for Proxy {
@@ -353,6 +359,7 @@ impl Default for Proxy {
             listen_tls: Vec::new(),
             trusted_networks: Vec::new(),
             header_timeout_secs: 5,
+            plaintext_auth: false,
         }
     }
 }
@@ -645,6 +652,12 @@ mod tests {
         assert!(c.proxy.trusted_networks[0].contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!c.proxy.trusted_networks[0].contains("11.0.0.1".parse().unwrap()));
         assert!(c.proxy.trusted_networks[1].contains("::1".parse().unwrap()));
+        assert!(
+            !c.proxy.plaintext_auth,
+            "plaintext passwords through a proxy: opt-in"
+        );
+        let c: Config = toml::from_str("[proxy]\nplaintext_auth = true\n").unwrap();
+        assert!(c.proxy.plaintext_auth);
         let c: Config = toml::from_str("[server]\nexpire = 30\n").unwrap();
         assert_eq!(c.server.expire, Some(Expire::Days(30)));
         assert!(toml::from_str::<Config>("[server]\nexpire = \"soon\"\n").is_err());

@@ -368,6 +368,38 @@ fn proxy_protocol_v1_and_v2_carry_the_client_address() {
     );
 }
 
+/// `proxy.plaintext_auth`: a proxy that terminates TLS itself (nginx `mail`) sends USER/PASS
+/// in plaintext for a remote client; corepop accepts them on the PROXY listener only.
+#[test]
+fn proxy_plaintext_auth_accepts_user_pass_from_a_tls_terminating_proxy() {
+    let fx = fixture(
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+         plaintext_auth = true\n",
+    );
+    let srv = Server::start(&fx, &[]);
+    eventually("two listeners", || srv.addrs().len() == 2);
+    let proxy = srv.addrs()[1];
+
+    let mut c = Raw::connect(proxy, b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 110\r\n");
+    assert!(c.line().unwrap().starts_with("+OK"));
+    let r = c.cmd("USER alice");
+    assert!(
+        r.starts_with("+OK"),
+        "USER through the TLS-terminating proxy: {r}"
+    );
+    let r = c.cmd("PASS pw");
+    assert!(
+        r.starts_with("+OK"),
+        "PASS through the TLS-terminating proxy: {r}"
+    );
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    eventually("login logged with the client's address", || {
+        srv.stderr_text()
+            .lines()
+            .any(|l| l.contains("login") && l.contains("peer=192.0.2.7:40001"))
+    });
+}
+
 #[test]
 fn proxy_header_from_untrusted_network_is_refused() {
     let (_fx, srv) = proxy_fixture("10.0.0.0/8");

@@ -212,7 +212,7 @@ impl Conn {
                 return;
             }
         }
-        if let Err(e) = self.drive().await {
+        if let Err(e) = self.drive(spec.proxy).await {
             tracing::debug!(peer = %Peer(self.peer), error = %e, "connection ended with an error");
         }
         self.registry.closed(id, &self.shared);
@@ -385,7 +385,9 @@ enum Login {
 }
 
 impl Conn {
-    async fn drive(&mut self) -> io::Result<()> {
+    /// `proxied`: the connection came through a PROXY listener (its peer is the client the
+    /// header named).
+    async fn drive(&mut self, proxied: bool) -> io::Result<()> {
         self.stream.tcp()?.set_nodelay(true)?;
         // Settings are read from `self.shared` where they are used rather than kept in
         // locals: this future lives as long as the connection (see docs/architecture.md,
@@ -406,6 +408,9 @@ impl Conn {
             .tcp()?
             .set_write_timeout(Some(self.idle_timeout()))?;
         let loopback = self.peer.is_some_and(|p| p.ip().is_loopback());
+        // A proxy that terminates TLS (nginx `mail`) talks USER/PASS to us in plaintext for
+        // clients it made use TLS; `proxy.plaintext_auth` says it does.
+        let tls_at_proxy = proxied && self.shared.cfg.proxy.plaintext_auth;
         let info = ConnInfo {
             apop_timestamp: self
                 .shared
@@ -413,7 +418,9 @@ impl Conn {
                 .server
                 .apop
                 .then(|| apop_timestamp(&self.shared.hostname)),
-            plaintext_auth: loopback || self.shared.cfg.auth.insecure_plaintext_auth,
+            plaintext_auth: loopback
+                || tls_at_proxy
+                || self.shared.cfg.auth.insecure_plaintext_auth,
             stls: self.shared.tls.is_some() && !self.implicit_tls,
             secure: self.implicit_tls,
             sasl: self.shared.sasl,
