@@ -287,18 +287,27 @@ fn login_delay_and_expire_are_advertised_and_enforced() {
     fs::create_dir_all(fx.maildir("bob").join("new")).unwrap();
     let _ = &mut fx;
     let srv = Server::start(&fx, &[]);
+    let capa = |c: &mut Pop3Client| String::from_utf8_lossy(&c.multi("CAPA").1).into_owned();
+    // RFC 2449 §6.5: the delay differs per user (bob's entry), so before login it is
+    // tagged USER, and after login each user is told their own.
     let mut c = Pop3Client::connect(srv.addr);
-    let (_, capa) = c.multi("CAPA");
-    let capa = String::from_utf8_lossy(&capa);
-    assert!(capa.contains("LOGIN-DELAY 3600\r\n"), "{capa}");
-    assert!(capa.contains("EXPIRE NEVER\r\n"), "{capa}");
+    let before = capa(&mut c);
+    assert!(before.contains("LOGIN-DELAY 3600 USER\r\n"), "{before}");
+    assert!(before.contains("EXPIRE NEVER\r\n"), "{before}");
+    assert!(c.login("alice", "pw").starts_with("+OK"));
+    let alice = capa(&mut c);
+    assert!(alice.contains("LOGIN-DELAY 3600\r\n"), "{alice}");
+    c.cmd("QUIT");
+    let mut b = Pop3Client::connect(srv.addr);
+    assert!(b.login("bob", "pw").starts_with("+OK"));
+    let bob = capa(&mut b);
+    assert!(bob.contains("LOGIN-DELAY 0\r\n"), "{bob}");
+    b.cmd("QUIT");
 
-    assert!(try_login(srv.addr, "alice", "pw").starts_with("+OK"));
     let again = try_login(srv.addr, "alice", "pw");
     assert!(again.starts_with("-ERR [LOGIN-DELAY]"), "{again}");
     // Wrong password: still an ordinary failure, the delay does not reveal the password.
     assert!(!try_login(srv.addr, "alice", "nope").contains("LOGIN-DELAY"));
-    assert!(try_login(srv.addr, "bob", "pw").starts_with("+OK"));
     assert!(try_login(srv.addr, "bob", "pw").starts_with("+OK"));
 }
 

@@ -163,6 +163,17 @@ impl UserInfo {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The user's own RFC 2449 LOGIN-DELAY in seconds ([`login_delay_field`]).
+    pub fn login_delay(&self) -> Option<u64> {
+        login_delay_field(self.extra_field("login_delay"))
+    }
+}
+
+/// The value of a `login_delay=N` extra field: seconds, or `None` when absent or not a
+/// number (the configured delay then applies).
+pub fn login_delay_field(value: Option<&str>) -> Option<u64> {
+    value.and_then(|v| v.trim().parse().ok())
 }
 
 /// The answer to an authentication attempt.
@@ -198,6 +209,12 @@ pub trait Authenticator: Send + Sync + 'static {
     /// server only advertises what works). The default: none.
     fn sasl_capabilities(&self) -> SaslCapabilities {
         SaslCapabilities::default()
+    }
+
+    /// Whether some user has a LOGIN-DELAY of their own (RFC 2449 §6.5: CAPA then tags the
+    /// configured one `USER` before login). The default: no.
+    fn login_delay_per_user(&self) -> bool {
+        false
     }
 }
 

@@ -224,6 +224,11 @@ impl PasswdEntry {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The user's own LOGIN-DELAY in seconds (extra field `login_delay=N`), if set and valid.
+    pub fn login_delay(&self) -> Option<u64> {
+        super::login_delay_field(self.extra_field("login_delay"))
+    }
+
     /// Canonical name of the password scheme, see [`scheme::identify`].
     pub fn scheme(&self, opts: &PasswdOptions) -> Result<&'static str, SchemeError> {
         scheme::identify(&self.password, opts)
@@ -281,6 +286,8 @@ pub struct PasswdFile {
     generation: u64,
     /// What every user with a password can do (computed at load).
     sasl: SaslCapabilities,
+    /// Some entry sets its own LOGIN-DELAY (extra field `login_delay=N`).
+    login_delay_per_user: bool,
 }
 
 impl fmt::Debug for PasswdFile {
@@ -368,6 +375,7 @@ impl PasswdFile {
             scram_sha1: with_pw().all(|e| scram_capable(&e.password, ScramAlg::Sha1, &opts)),
             scram_sha256: with_pw().all(|e| scram_capable(&e.password, ScramAlg::Sha256, &opts)),
         };
+        let login_delay_per_user = users.values().any(|e| e.login_delay().is_some());
         static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         PasswdFile {
             users,
@@ -378,6 +386,7 @@ impl PasswdFile {
             cache: None,
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sasl,
+            login_delay_per_user,
         }
     }
 
@@ -586,6 +595,10 @@ impl Authenticator for PasswdFile {
 
     fn sasl_capabilities(&self) -> SaslCapabilities {
         self.sasl
+    }
+
+    fn login_delay_per_user(&self) -> bool {
+        self.login_delay_per_user
     }
 
     /// Validate the name (invalid → `Failed`), lowercase it if configured,

@@ -61,6 +61,11 @@ pub trait Maildrop {
     fn octets(&self, index: usize) -> u64;
     /// The unique id listed by UIDL (1–70 characters in 0x21..=0x7E).
     fn uidl(&self, index: usize) -> &str;
+    /// The LOGIN-DELAY in effect for the user who logged in, when the runtime knows it;
+    /// CAPA announces it after login (RFC 2449 §6.5). `None`: the configured one.
+    fn login_delay(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Settings shared by all sessions of a server.
@@ -108,6 +113,9 @@ pub struct ConnInfo {
     /// SASL mechanisms the server can verify. PLAIN and LOGIN are withheld (from CAPA and
     /// AUTH) while plaintext authentication is not allowed on the connection.
     pub sasl: Mechanisms,
+    /// Whether LOGIN-DELAY may differ from user to user (a passwd-file entry overrides it):
+    /// CAPA then says `LOGIN-DELAY n USER` before login and the user's own value after it.
+    pub login_delay_per_user: bool,
 }
 
 /// Credentials the client presented, for the runtime to verify.
@@ -707,11 +715,7 @@ impl<M: Maildrop> Session<M> {
         if self.conn.stls && !self.conn.secure {
             out.extend_from_slice(b"STLS\r\n");
         }
-        if self.cfg.login_delay_secs > 0 {
-            out.extend_from_slice(b"LOGIN-DELAY ");
-            put_num(out, self.cfg.login_delay_secs);
-            out.extend_from_slice(b"\r\n");
-        }
+        self.capa_login_delay(out);
         if let Some(expire) = &self.cfg.expire {
             out.extend_from_slice(b"EXPIRE ");
             out.extend_from_slice(expire.as_bytes());
@@ -722,6 +726,27 @@ impl<M: Maildrop> Session<M> {
         );
         out.extend_from_slice(self.cfg.implementation.as_bytes());
         out.extend_from_slice(b"\r\n.\r\n");
+    }
+
+    /// RFC 2449 §6.5: where the delay may differ per user, the AUTHORIZATION state
+    /// announces the configured one tagged `USER`, the TRANSACTION state the user's own;
+    /// otherwise the configured one in both states, if any.
+    fn capa_login_delay(&self, out: &mut Vec<u8>) {
+        let configured = self.cfg.login_delay_secs;
+        let per_user = self.conn.login_delay_per_user;
+        let (secs, tag): (u64, &[u8]) = match &self.state {
+            State::Transaction(t) if per_user || configured > 0 => {
+                (t.drop.login_delay().unwrap_or(configured), b"")
+            }
+            State::Transaction(_) => return,
+            _ if per_user => (configured, b" USER"),
+            _ if configured > 0 => (configured, b""),
+            _ => return,
+        };
+        out.extend_from_slice(b"LOGIN-DELAY ");
+        put_num(out, secs);
+        out.extend_from_slice(tag);
+        out.extend_from_slice(b"\r\n");
     }
 
     fn quit(&mut self, out: &mut Vec<u8>) -> Option<Step> {

@@ -52,6 +52,7 @@ impl Harness {
             stls: true,
             secure: false,
             sasl: Mechanisms::all(),
+            login_delay_per_user: false,
         };
         Self::with_conn(cfg, conn)
     }
@@ -959,4 +960,82 @@ fn scram_overlong_acknowledgement_is_a_refusal() {
     );
     assert!(h.closed);
     assert!(h.committed.is_empty());
+}
+
+/// A maildrop whose user has a LOGIN-DELAY of their own.
+struct Delayed(Fake, Option<u64>);
+
+impl Maildrop for Delayed {
+    fn count(&self) -> usize {
+        self.0.count()
+    }
+    fn octets(&self, i: usize) -> u64 {
+        self.0.octets(i)
+    }
+    fn uidl(&self, i: usize) -> &str {
+        self.0.uidl(i)
+    }
+    fn login_delay(&self) -> Option<u64> {
+        self.1
+    }
+}
+
+/// The LOGIN-DELAY lines of CAPA before and after a login with `own` as the user's delay.
+fn login_delay_capa(configured: u64, per_user: bool, own: Option<u64>) -> (String, String) {
+    let cfg = SessionConfig {
+        login_delay_secs: configured,
+        ..SessionConfig::default()
+    };
+    let conn = ConnInfo {
+        plaintext_auth: true,
+        login_delay_per_user: per_user,
+        ..ConnInfo::default()
+    };
+    let mut s = Session::new(Arc::new(cfg), conn);
+    let mut out = Vec::new();
+    s.feed(b"CAPA\r\nUSER a\r\nPASS b\r\nCAPA\r\n");
+    loop {
+        match s.poll(&mut out) {
+            Step::Login(_) => s.login_done(&mut out, LoginResult::Ok(Delayed(fake(), own))),
+            Step::NeedInput => break,
+            Step::Flush => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let text = String::from_utf8(out).unwrap();
+    let (before, after) = text.split_once("Logged in.").unwrap();
+    let pick = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("LOGIN-DELAY"))
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    (pick(before), pick(after))
+}
+
+#[test]
+fn login_delay_is_announced_per_user_as_rfc_2449_asks() {
+    // One delay for everyone: the same line in both states, or none at all.
+    assert_eq!(
+        login_delay_capa(600, false, None),
+        ("LOGIN-DELAY 600".into(), "LOGIN-DELAY 600".into())
+    );
+    assert_eq!(
+        login_delay_capa(0, false, None),
+        (String::new(), String::new())
+    );
+    // A delay that may differ per user: tagged USER before login, the user's own after.
+    assert_eq!(
+        login_delay_capa(600, true, Some(0)),
+        ("LOGIN-DELAY 600 USER".into(), "LOGIN-DELAY 0".into())
+    );
+    assert_eq!(
+        login_delay_capa(0, true, Some(3600)),
+        ("LOGIN-DELAY 0 USER".into(), "LOGIN-DELAY 3600".into())
+    );
+    // A user without a delay of their own has the configured one.
+    assert_eq!(
+        login_delay_capa(600, true, None),
+        ("LOGIN-DELAY 600 USER".into(), "LOGIN-DELAY 600".into())
+    );
 }

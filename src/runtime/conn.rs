@@ -46,8 +46,9 @@ use crate::protocol::{
 };
 
 /// A logged-in session's view of its maildrop: one reference to the shared, immutable
-/// snapshot (sizes, UIDLs); the session itself keeps only its deleted marks.
-pub(crate) struct Maildrop(Snapshot);
+/// snapshot (sizes, UIDLs); the session itself keeps only its deleted marks. Also the
+/// user's own LOGIN-DELAY, if their passwd-file entry sets one, for CAPA.
+pub(crate) struct Maildrop(Snapshot, Option<u64>);
 
 impl crate::protocol::Maildrop for Maildrop {
     fn count(&self) -> usize {
@@ -58,6 +59,9 @@ impl crate::protocol::Maildrop for Maildrop {
     }
     fn uidl(&self, index: usize) -> &str {
         &self.0.messages()[index].uidl
+    }
+    fn login_delay(&self) -> Option<u64> {
+        self.1
     }
 }
 
@@ -375,6 +379,8 @@ enum Login {
         scram_signature: Option<Vec<u8>>,
         /// The session's place in the per-user limit.
         user_slot: UserSlot,
+        /// The user's own LOGIN-DELAY (passwd-file), if any.
+        login_delay: Option<u64>,
     },
     Failed,
     InUse,
@@ -424,6 +430,7 @@ impl Conn {
             stls: self.shared.tls.is_some() && !self.implicit_tls,
             secure: self.implicit_tls,
             sasl: self.shared.sasl,
+            login_delay_per_user: self.shared.auth.login_delay_per_user(),
         };
         // Boxed: it lives as long as the connection, and keeping it out of the task future
         // keeps the task smaller (see docs/architecture.md, "An idle connection's memory").
@@ -549,6 +556,7 @@ impl Conn {
                 snapshot,
                 scram_signature,
                 user_slot,
+                login_delay,
             } => {
                 self.user_slot = Some(user_slot);
                 if let Some(k) = key {
@@ -564,7 +572,7 @@ impl Conn {
                 self.user = Some(user);
                 self.lock = Some(lock);
                 self.stream.tcp()?.set_read_timeout(Some(idle_timeout))?;
-                LoginResult::Ok(Maildrop(snapshot))
+                LoginResult::Ok(Maildrop(snapshot, login_delay))
             }
             Login::Failed => {
                 if let Some(k) = key {
@@ -657,7 +665,7 @@ impl Conn {
         index: usize,
         lines: Option<u64>,
     ) -> io::Result<()> {
-        let Some(Maildrop(snapshot)) = session.maildrop() else {
+        let Some(Maildrop(snapshot, _)) = session.maildrop() else {
             session.retrieve_failed(out, RetrieveError::Temporary);
             return Ok(());
         };
@@ -727,7 +735,7 @@ impl Conn {
     async fn on_commit(&mut self, session: &mut Session<Maildrop>, out: &mut Vec<u8>) {
         let indexes: Vec<usize> = session.deletions().collect();
         let failed = match session.maildrop() {
-            Some(Maildrop(snapshot)) => {
+            Some(Maildrop(snapshot, _)) => {
                 let snapshot = snapshot.clone();
                 // Shutdown waits for this UPDATE to finish, even past its grace.
                 self.registry
@@ -1283,10 +1291,8 @@ fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>
     };
     // LOGIN-DELAY (passwd-file extra field `login_delay=N` overrides the configured value)
     // and the per-user session limit.
-    let delay = info
-        .extra_field("login_delay")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let own_delay = info.login_delay();
+    let delay = own_delay.map(Duration::from_secs);
     let user_slot = match shared.ops.limits.login(&info.user, delay) {
         Ok(slot) => slot,
         Err(r) => {
@@ -1326,6 +1332,7 @@ fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>
             lock,
             snapshot,
             user_slot,
+            login_delay: own_delay,
             scram_signature: match &cred {
                 Credential::Scram {
                     secret,

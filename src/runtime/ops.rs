@@ -65,11 +65,15 @@ impl Ops {
 /// current one once (a short read lock and an `Arc` clone): logins, not commands, pay it.
 pub(crate) struct SwapAuth {
     current: RwLock<Arc<dyn Authenticator>>,
+    /// The current one's [`Authenticator::login_delay_per_user`], read by every new
+    /// connection without the lock.
+    login_delay_per_user: std::sync::atomic::AtomicBool,
 }
 
 impl SwapAuth {
     pub fn new(a: Arc<dyn Authenticator>) -> Arc<Self> {
         Arc::new(Self {
+            login_delay_per_user: a.login_delay_per_user().into(),
             current: RwLock::new(a),
         })
     }
@@ -80,7 +84,10 @@ impl SwapAuth {
             .clone()
     }
     fn swap(&self, a: Arc<dyn Authenticator>) {
+        let per_user = a.login_delay_per_user();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = a;
+        self.login_delay_per_user
+            .store(per_user, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -93,6 +100,10 @@ impl Authenticator for SwapAuth {
     }
     fn sasl_capabilities(&self) -> crate::auth::SaslCapabilities {
         self.get().sasl_capabilities()
+    }
+    fn login_delay_per_user(&self) -> bool {
+        self.login_delay_per_user
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
