@@ -629,7 +629,14 @@ impl Conn {
                 let user = ch.user.clone().unwrap_or_default();
                 let auth = self.shared.auth.clone();
                 // May derive keys from a plaintext password (PBKDF2): off the executor.
-                let secret = off_executor(move || auth.scram_secret(&user, alg)).await;
+                let looked_up = {
+                    let user = user.clone();
+                    off_executor(move || auth.scram_secret(&user, alg)).await
+                };
+                // A lookup that panicked: the exchange goes on with the secret an unknown
+                // user gets, so it fails like a wrong password.
+                let secret =
+                    looked_up.unwrap_or_else(|Panicked| crate::auth::fake_scram_secret(&user, alg));
                 session.sasl_challenge(out, &nonce, Some((&secret.salt, secret.iterations)));
                 self.scram = Some(Box::new(secret));
             }
@@ -696,7 +703,10 @@ impl Conn {
             None => {
                 self.registry.metrics.blocking_read();
                 let snapshot = snapshot.clone();
-                off_executor(move || open_body(&snapshot, index, zero_copy)).await
+                off_executor(move || open_body(&snapshot, index, zero_copy))
+                    .await
+                    .map_err(io::Error::from)
+                    .and_then(|r| r)
             }
         };
         match opened {
@@ -741,7 +751,11 @@ impl Conn {
                 self.registry
                     .committing
                     .set(self.registry.committing.get() + 1);
-                let failed = off_executor(move || snapshot.commit(&indexes)).await;
+                let count = indexes.len();
+                // Panicked: what was removed before is unknown; none is reported removed.
+                let failed = off_executor(move || snapshot.commit(&indexes))
+                    .await
+                    .unwrap_or(count);
                 self.registry
                     .committing
                     .set(self.registry.committing.get() - 1);
@@ -754,7 +768,10 @@ impl Conn {
 
     async fn release_lock(&mut self) {
         if let Some(lock) = self.lock.take() {
-            let r = off_executor(move || lock.release()).await;
+            let r = off_executor(move || lock.release())
+                .await
+                .map_err(io::Error::from)
+                .and_then(|r| r);
             if let Err(e) = r {
                 tracing::warn!(error = %e, "could not release maildrop lock");
             }
@@ -865,11 +882,13 @@ impl Conn {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             self.registry.metrics.blocking_read();
                             let mut c = std::mem::take(&mut chunk);
+                            // Panicked: the message cannot be finished; the `?` ends
+                            // the connection.
                             let (f, c, r) = off_executor(move || {
                                 let r = read_chunk(&file, &mut c, offset, end, false);
                                 (file, c, r)
                             })
-                            .await;
+                            .await?;
                             (file, chunk) = (f, c);
                             r?
                         }
@@ -980,7 +999,9 @@ impl Conn {
 
     async fn login(&self, req: LoginRequest, scram: Option<ScramSecret>) -> Login {
         let shared = self.shared.clone();
-        off_executor(move || login_blocking(&shared, req, scram)).await
+        off_executor(move || login_blocking(&shared, req, scram))
+            .await
+            .unwrap_or(Login::TempFail)
     }
 
     fn log_logout(&self, session: &Session<Maildrop>, reason: &str) {
@@ -1092,12 +1113,30 @@ mod spare {
 
 /// Runs `f` on glommio's blocking pool. The future is boxed: glommio's is ~700 bytes, and a
 /// connection's task would otherwise carry that space for its whole life, idle or not.
-fn off_executor<F, R>(f: F) -> Pin<Box<impl std::future::Future<Output = R>>>
+///
+/// A panic in `f` (a bug) comes back as [`Panicked`]: glommio 0.9 does not catch it, so
+/// the pool's thread would die and this task wait forever, holding the user's maildrop
+/// lock. Caught, the unwinding drops what `f` owned (the lock of a login, files) and the
+/// caller answers `-ERR [SYS/TEMP]` or ends the connection; the panic message is logged by
+/// the panic hook.
+fn off_executor<F, R>(f: F) -> Pin<Box<impl std::future::Future<Output = Result<R, Panicked>>>>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    Box::pin(glommio::executor().spawn_blocking(f))
+    Box::pin(glommio::executor().spawn_blocking(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| Panicked)
+    }))
+}
+
+/// Work on the blocking pool panicked ([`off_executor`]).
+#[derive(Debug)]
+struct Panicked;
+
+impl From<Panicked> for io::Error {
+    fn from(_: Panicked) -> Self {
+        io::Error::other("internal error: blocking work panicked")
+    }
 }
 
 /// Opens message `index` (blocking): mapped for zero-copy, or with its first chunk read.
@@ -1395,5 +1434,30 @@ impl std::fmt::Display for Peer {
             Some(a) => a.fmt(f),
             None => f.write_str("unknown"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic on the blocking pool comes back as an error, and the pool still works after
+    /// more panics than it has threads: before, the thread died and the caller (a login
+    /// holding the user's lock) waited forever.
+    #[test]
+    fn a_panic_on_the_blocking_pool_is_an_error_not_a_hang() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
+            .spawn(|| async {
+                for _ in 0..3 {
+                    let r: Result<u32, Panicked> =
+                        off_executor(|| panic!("deliberate test panic")).await;
+                    assert!(r.is_err());
+                }
+                off_executor(|| 42).await.unwrap()
+            })
+            .unwrap();
+        assert_eq!(ex.join().unwrap(), 42);
     }
 }
