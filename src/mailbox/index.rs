@@ -318,7 +318,7 @@ const MIN_LIMIT: u64 = 16 << 20;
 /// sparse file costs neither disk nor quota, and must not cost the server its memory.
 pub fn load(root: &Path, listed: usize) -> Loaded {
     let limit = (listed as u64).saturating_mul(MAX_RECORD).max(MIN_LIMIT);
-    match read_bounded(&root.join(INDEX_FILE), limit) {
+    match super::map::read_bounded(&root.join(INDEX_FILE), limit) {
         // An older corepop's index: its sizes are not reused, but it tells that this Maildir's
         // clients have seen base-name UIDLs (`%f`), which automatic UIDLs then keep.
         Ok(bytes) if bytes.starts_with(b"corepop-index 1\n") => Loaded {
@@ -339,27 +339,6 @@ pub fn load(root: &Path, listed: usize) -> Loaded {
             Loaded::default()
         }
     }
-}
-
-/// Up to `limit + 1` octets of the regular file at `path` (not through a symbolic link).
-fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    let take = limit.saturating_add(1);
-    let mut bytes = Vec::with_capacity(meta.len().min(take) as usize);
-    file.take(take).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// Serialises records (in the given order) under a `uidl` line.

@@ -42,6 +42,23 @@ pub fn open_message(path: &Path) -> io::Result<File> {
     regular(file)
 }
 
+/// Up to `limit + 1` octets of the regular file at `path`, opened as [`open_message`] opens
+/// messages (never through a symbolic link, never a FIFO or device). For the files a user
+/// who can write into their Maildir could replace (the index, `dovecot-uidlist`,
+/// `courierpop3dsizelist`): a link to `/dev/zero` or to another user's file, a FIFO (a
+/// login that never ends) or a huge sparse file (memory for the whole server) is refused or
+/// cut short. More than `limit` octets returned: the file is larger than any the caller
+/// would write.
+pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_message(path)?;
+    let take = limit.saturating_add(1);
+    let len = file.metadata()?.len();
+    let mut bytes = Vec::with_capacity(len.min(take) as usize);
+    file.take(take).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// `file`, if it is a regular file.
 fn regular(file: File) -> io::Result<File> {
     if !file.metadata()?.is_file() {

@@ -447,7 +447,7 @@ fn load_uncached(
     let mut wrote_index = false;
     let mut complete = true;
     let found = list(root)?;
-    let dovecot = match uidlist::read_dovecot(root) {
+    let dovecot = match uidlist::read_dovecot(root, found.len()) {
         Ok(l) => Ok(l),
         Err(e) => {
             tracing::error!(dir = %root.display(), error = %e, "dovecot-uidlist not understood; not using or changing it");
@@ -487,7 +487,7 @@ fn load_uncached(
         ));
     }
     let courier = match &opts.uidl_format {
-        None if format.is_base_name() => uidlist::read_courier(root),
+        None if format.is_base_name() => uidlist::read_courier(root, found.len()),
         _ => None,
     };
     // UIDs: when Dovecot keeps them here, or the format needs them (then corepop starts a
@@ -506,7 +506,7 @@ fn load_uncached(
                 .collect();
             match list {
                 Some(l) if missing.is_empty() => UidSource::Dovecot(l),
-                list => match uidlist::assign_uids(root, &missing, list.is_none()) {
+                list => match uidlist::assign_uids(root, &missing, list.is_none(), found.len()) {
                     Ok(l) => UidSource::Dovecot(l),
                     Err(e) => {
                         tracing::warn!(dir = %root.display(), error = %e, "cannot add UIDs to dovecot-uidlist; new mail waits for a later login");

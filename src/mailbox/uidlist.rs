@@ -290,10 +290,23 @@ fn trim_spaces(s: &[u8]) -> &[u8] {
     &s[n..]
 }
 
-/// Reads `dovecot-uidlist` of the Maildir at `root`. `Ok(None)`: there is none.
-/// `Err(InvalidData)`: there is one, but its header is not understood.
-pub fn read_dovecot(root: &Path) -> io::Result<Option<UidList>> {
-    match fs::read(root.join(DOVECOT_UIDLIST)) {
+/// Longest a list (`dovecot-uidlist`, `courierpop3dsizelist`) of a Maildir where `listed`
+/// messages were just listed is read: 1 KiB per message (a record is a base name of up to
+/// 255 octets and a few fields), and at least 16 MiB for records of messages removed since.
+pub fn list_limit(listed: usize) -> u64 {
+    (listed as u64).saturating_mul(1024).max(16 << 20)
+}
+
+/// Reads `dovecot-uidlist` of the Maildir at `root`, where `listed` messages were just
+/// listed. `Ok(None)`: there is none. `Err`: there is one, but it is not a regular file,
+/// is larger than [`list_limit`] or its header is not understood.
+pub fn read_dovecot(root: &Path, listed: usize) -> io::Result<Option<UidList>> {
+    let limit = list_limit(listed);
+    match super::map::read_bounded(&root.join(DOVECOT_UIDLIST), limit) {
+        Ok(bytes) if bytes.len() as u64 > limit => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("dovecot-uidlist is larger than {limit} octets"),
+        )),
         Ok(bytes) => UidList::parse(&bytes)
             .map(Some)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "dovecot-uidlist header")),
@@ -436,10 +449,15 @@ impl Drop for DotLock<'_> {
 /// not know yet (recorded by base name, as Dovecot does; a new list's UIDVALIDITY is the
 /// current time, as Dovecot's first one is), under Dovecot's lock, creating the list when
 /// `create` is set and there is none. Returns the list as written (or as found, when nothing
-/// was missing).
-pub fn assign_uids(root: &Path, new_files: &[&str], create: bool) -> io::Result<UidList> {
+/// was missing). `listed`: messages in the Maildir's listing ([`read_dovecot`]).
+pub fn assign_uids(
+    root: &Path,
+    new_files: &[&str],
+    create: bool,
+    listed: usize,
+) -> io::Result<UidList> {
     let lock = DotLock::acquire(root, LOCK_WAIT)?;
-    let mut list = match read_dovecot(root)? {
+    let mut list = match read_dovecot(root, listed)? {
         Some(l) => l,
         None if create => UidList {
             uidvalidity: SystemTime::now()
@@ -489,8 +507,17 @@ pub fn assign_uids(root: &Path, new_files: &[&str], create: bool) -> io::Result<
 /// name may hold spaces); a line that does not parse is skipped. The UIDL is
 /// `UID<uid>-<uidvalidity>`, `UID<uid>` when the line's UIDVALIDITY is 0, and for UID 0 the
 /// base name with bytes outside 0x21–0x7E and `'`, `"`, `+` written as `+XX` (hex).
-pub fn read_courier(root: &Path) -> Option<HashMap<String, String>> {
-    let text = fs::read_to_string(root.join(COURIER_SIZELIST)).ok()?;
+///
+/// Read as [`read_dovecot`] reads its list; one that is not a regular file or is larger
+/// than [`list_limit`] for `listed` messages is not used.
+pub fn read_courier(root: &Path, listed: usize) -> Option<HashMap<String, String>> {
+    let limit = list_limit(listed);
+    let bytes = super::map::read_bounded(&root.join(COURIER_SIZELIST), limit).ok()?;
+    if bytes.len() as u64 > limit {
+        tracing::warn!(dir = %root.display(), limit, "courierpop3dsizelist is larger than any list of these messages; not using it");
+        return None;
+    }
+    let text = String::from_utf8(bytes).ok()?;
     let mut lines = text.split('\n');
     let mut h = lines.next()?.strip_prefix('/')?.split(' ');
     let version: u32 = h.next()?.parse().ok()?;
@@ -540,6 +567,53 @@ fn courier_line(line: &str) -> Option<(&str, String)> {
 mod tests {
     use super::*;
 
+    /// A user who can write into their Maildir must not make a login read other files
+    /// through Dovecot's or Courier's list: not `/dev/zero` (memory for the whole server),
+    /// not a FIFO (a login that never ends, holding the maildrop lock), not a huge sparse
+    /// file, not another user's list through a link.
+    #[test]
+    fn lists_are_read_only_from_regular_files_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (dovecot, courier) = (root.join(DOVECOT_UIDLIST), root.join(COURIER_SIZELIST));
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join(DOVECOT_UIDLIST), b"3 V1 N2\n1 :a.h\n").unwrap();
+        fs::write(other.path().join(COURIER_SIZELIST), b"/2 2 5\na.h 10 1:5\n").unwrap();
+        for (link, target) in [
+            (&dovecot, other.path().join(DOVECOT_UIDLIST)),
+            (&courier, other.path().join(COURIER_SIZELIST)),
+        ] {
+            std::os::unix::fs::symlink(target, link).unwrap();
+        }
+        assert!(read_dovecot(root, 1).is_err(), "a symlink is followed");
+        assert!(read_courier(root, 1).is_none(), "a symlink is followed");
+        for path in [&dovecot, &courier] {
+            fs::remove_file(path).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+        }
+        assert!(read_dovecot(root, 1).is_err());
+        assert!(read_courier(root, 1).is_none());
+        for path in [&dovecot, &courier] {
+            fs::remove_file(path).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(path).status();
+            assert!(made.unwrap().success());
+        }
+        assert!(read_dovecot(root, 1).is_err());
+        assert!(read_courier(root, 1).is_none());
+        for path in [&dovecot, &courier] {
+            fs::remove_file(path).unwrap();
+            // Sparse: no disk blocks, no quota; far more than one message's list needs.
+            fs::File::create(path).unwrap().set_len(1 << 40).unwrap();
+        }
+        assert!(read_dovecot(root, 1).is_err());
+        assert!(read_courier(root, 1).is_none());
+        // Regular files of a plausible size are read.
+        fs::write(&dovecot, b"3 V1 N2\n1 :a.h\n").unwrap();
+        fs::write(&courier, b"/2 2 5\na.h 10 1:5\n").unwrap();
+        assert_eq!(read_dovecot(root, 1).unwrap().unwrap().next_uid, 2);
+        assert_eq!(read_courier(root, 1).unwrap()["a.h"], "UID1-5");
+    }
+
     #[test]
     fn parse_dovecot_list() {
         let l = UidList::parse(
@@ -574,11 +648,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::write(root.join(DOVECOT_UIDLIST), b"3 V42 N8 Gabc\n7 :a.h:2,S\n").unwrap();
-        let l = assign_uids(root, &["a.h:2,S", "b.h", "c.h"], false).unwrap();
+        let l = assign_uids(root, &["a.h:2,S", "b.h", "c.h"], false, 10).unwrap();
         assert_eq!(l.next_uid, 10);
         let text = fs::read_to_string(root.join(DOVECOT_UIDLIST)).unwrap();
         assert_eq!(text, "3 V42 N10 Gabc\n7 :a.h:2,S\n8 :b.h\n9 :c.h\n");
-        let l = assign_uids(root, &["e.h:2,S"], false).unwrap();
+        let l = assign_uids(root, &["e.h:2,S"], false, 10).unwrap();
         assert_eq!(l.records.last().unwrap().file_name, "e.h");
         assert!(!root.join(DOVECOT_UIDLIST_LOCK).exists());
         // A live lock held by someone else: we wait, then give up without touching anything.
@@ -593,7 +667,7 @@ mod tests {
         let lock = DotLock::acquire_with(root, Duration::from_millis(50), short).unwrap();
         drop(lock);
         assert!(!root.join(DOVECOT_UIDLIST_LOCK).exists());
-        let l = assign_uids(root, &["d.h"], false).unwrap();
+        let l = assign_uids(root, &["d.h"], false, 10).unwrap();
         assert_eq!(l.records.last().unwrap().uid, 11);
     }
 
@@ -741,7 +815,7 @@ mod tests {
         let list = root.join(DOVECOT_UIDLIST);
         fs::write(&list, b"3 V42 N1\n").unwrap();
         fs::set_permissions(&list, fs::Permissions::from_mode(0o666)).unwrap();
-        assign_uids(root, &["a.h"], false).unwrap();
+        assign_uids(root, &["a.h"], false, 10).unwrap();
         let mode = fs::metadata(&list).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
     }
@@ -751,7 +825,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let read = |text: &str| {
             fs::write(dir.path().join(COURIER_SIZELIST), text).unwrap();
-            read_courier(dir.path())
+            read_courier(dir.path(), 10)
         };
         let m = read("/2 10 1234\n1.M1.h:2,S 100 3:1234\nold.h 5\n\nx\n").unwrap();
         assert_eq!(m["1.M1.h"], "UID3-1234");
