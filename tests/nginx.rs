@@ -20,8 +20,7 @@
 //!
 //! nginx runs as one foreground process (`daemon off; master_process off;`) with its own
 //! prefix, config, pid file and error log in a temporary directory, killed when the test ends.
-//! A missing nginx or mail module fails the test in CI (`CI` set, as `.ci/run` does) and skips
-//! it with a message elsewhere.
+//! A missing nginx or mail module fails the test (`.ci/run` installs both).
 
 mod common;
 
@@ -45,29 +44,20 @@ const REMOTE_IP: &str = "192.0.2.10";
 // nginx
 // ---------------------------------------------------------------------------------------------
 
-/// The nginx binary, if it and the mail module are installed. Missing in CI: panic; elsewhere:
-/// `None` after saying why the test is skipped.
-fn nginx_binary() -> Option<PathBuf> {
+/// The nginx binary. A missing nginx or mail module fails the test, as a missing haproxy
+/// does in `tests/haproxy.rs`: the README's test command needs them (`.ci/run` installs them).
+fn nginx_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let binary = std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
         .map(|d| d.join("nginx"))
         .find(|p| p.is_file());
-    let missing = match &binary {
-        None => Some("nginx is not installed"),
-        Some(_) if !Path::new(MAIL_MODULE).is_file() => {
-            Some("nginx's mail module is not installed (no ngx_mail_module.so)")
-        }
-        Some(_) => None,
-    };
-    if let Some(why) = missing {
-        let hint = "apt-get install -y --no-install-recommends nginx libnginx-mod-mail";
-        if std::env::var_os("CI").is_some() {
-            panic!("{why}: CI must install it ({hint})");
-        }
-        eprintln!("SKIPPED: {why} ({hint})");
-        return None;
-    }
+    let hint = "apt-get install -y --no-install-recommends nginx libnginx-mod-mail";
+    let binary = binary.unwrap_or_else(|| panic!("nginx is not installed ({hint})"));
+    assert!(
+        Path::new(MAIL_MODULE).is_file(),
+        "nginx's mail module is not installed, no {MAIL_MODULE} ({hint})"
+    );
     binary
 }
 
@@ -511,9 +501,8 @@ struct Rig {
 }
 
 impl Rig {
-    /// `None`: nginx is missing outside CI (skipped).
-    fn start() -> Option<Rig> {
-        let binary = nginx_binary()?;
+    fn start() -> Rig {
+        let binary = nginx_binary();
         let mut fx = Fixture::new();
         fx.add_user("alice", "alice-pw");
         fx.add_user("bob", "bob-pw");
@@ -543,7 +532,7 @@ impl Rig {
         let certs_dir = temp_dir("corepop-nginx-certs-");
         let certs = make_certs(certs_dir.path());
         let nginx = Nginx::start(&binary, auth.addr, &certs);
-        Some(Rig {
+        Rig {
             fx,
             samples,
             srv,
@@ -551,7 +540,7 @@ impl Rig {
             nginx,
             certs,
             _certs_dir: certs_dir,
-        })
+        }
     }
 
     /// A client of nginx's direct server block (on loopback).
@@ -626,7 +615,7 @@ fn transcript<S: Read + Write>(c: &mut Client<S>, n: usize) -> Vec<(String, Vec<
 
 #[test]
 fn answers_and_bytes_through_nginx_equal_direct_and_the_log_names_the_client() {
-    let Some(rig) = Rig::start() else { return };
+    let rig = Rig::start();
     let n = rig.samples.len();
 
     let mut c = rig.via_nginx();
@@ -677,7 +666,7 @@ fn answers_and_bytes_through_nginx_equal_direct_and_the_log_names_the_client() {
 
 #[test]
 fn dele_quit_removes_the_message_and_rset_or_a_drop_removes_nothing() {
-    let Some(rig) = Rig::start() else { return };
+    let rig = Rig::start();
     let before = rig.fx.maildir_files("bob");
     assert_eq!(before.len(), 3);
 
@@ -737,7 +726,7 @@ fn dele_quit_removes_the_message_and_rset_or_a_drop_removes_nothing() {
 
 #[test]
 fn wrong_password_and_maildrop_in_use_reach_the_client_as_corepops_err() {
-    let Some(rig) = Rig::start() else { return };
+    let rig = Rig::start();
     let before = rig.fx.maildir_files("alice");
 
     let mut c = rig.via_nginx();
@@ -770,7 +759,7 @@ fn wrong_password_and_maildrop_in_use_reach_the_client_as_corepops_err() {
 #[test]
 fn apop_auth_plain_and_cram_md5_at_nginx_log_in_to_corepop() {
     use base64::Engine;
-    let Some(rig) = Rig::start() else { return };
+    let rig = Rig::start();
     let b64 = base64::engine::general_purpose::STANDARD;
     let stat_direct = {
         let mut d = rig.direct();
@@ -819,7 +808,7 @@ fn apop_auth_plain_and_cram_md5_at_nginx_log_in_to_corepop() {
 
 #[test]
 fn stls_at_nginx_then_user_pass_from_a_remote_client() {
-    let Some(rig) = Rig::start() else { return };
+    let rig = Rig::start();
     let mut c = rig.via_nginx_remote(40110);
     // `starttls only`: nginx itself refuses a password before TLS.
     let r = c.cmd("USER alice");
