@@ -436,6 +436,33 @@ fn implicit_tls_downloads_byte_exact() {
     assert!(rest.is_empty());
 }
 
+/// A session the server ends (here the login timeout; the idle timeout and shutdown take the
+/// same path) ends with TLS close_notify after the `-ERR`, on implicit TLS and after STLS:
+/// clients see a clean end of the TLS stream, not a truncation (which rustls, and
+/// OpenSSL 3 by default, report as an error).
+#[test]
+fn the_servers_own_timeouts_end_tls_with_close_notify() {
+    let s = Setup::with_config("[limits]\nlogin_timeout_secs = 1\nlogin_deadline_secs = 1\n");
+    let implicit = tls_over(tcp(s.tls), &s.certs.ca, "localhost");
+    let mut plain = Client { s: tcp(s.plain) };
+    assert!(plain.line().starts_with("+OK"));
+    assert!(plain.cmd("STLS").starts_with("+OK"));
+    let upgraded = tls_over(plain.s, &s.certs.ca, "localhost");
+    for (what, conn, greeting) in [("POP3S", implicit, true), ("STLS", upgraded, false)] {
+        let mut c = Client { s: conn };
+        if greeting {
+            assert!(c.line().starts_with("+OK"));
+        }
+        let r = c.line();
+        assert!(r.starts_with("-ERR"), "{what}: {r}");
+        let mut rest = Vec::new();
+        match c.s.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "{what}: {rest:?}"),
+            Err(e) => panic!("{what}: the TLS stream ended without close_notify: {e}"),
+        }
+    }
+}
+
 /// STLS: offered in CAPA; plaintext pipelined behind STLS is discarded (the first reply after
 /// the handshake answers the first command sent under TLS); STLS again is -ERR; RETR of every
 /// message byte-exact; STLS after login is -ERR.

@@ -454,7 +454,7 @@ impl Conn {
                             login_deadline.saturating_duration_since(std::time::Instant::now());
                         if left.is_zero() {
                             session.abort(&mut out, AbortReason::IdleTimeout);
-                            self.flush(&mut out).await?;
+                            self.finish(&mut out).await;
                             self.log_logout(&session, "login deadline");
                             return Ok(());
                         }
@@ -468,7 +468,7 @@ impl Conn {
                         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                             session.abort(&mut out, AbortReason::IdleTimeout);
-                            self.flush(&mut out).await?;
+                            self.finish(&mut out).await;
                             self.log_logout(&session, "idle timeout");
                             return Ok(());
                         }
@@ -477,7 +477,7 @@ impl Conn {
                     if n == 0 {
                         if self.registry.stopping.get() {
                             session.abort(&mut out, AbortReason::Shutdown);
-                            let _ = self.flush(&mut out).await;
+                            self.finish(&mut out).await;
                             self.log_logout(&session, "shutdown");
                         } else {
                             self.log_logout(&session, "disconnected");
@@ -520,11 +520,7 @@ impl Conn {
                     // Free the maildrop before the final reply, so a client that logs in
                     // again right after QUIT is not told the maildrop is in use.
                     self.release_lock().await;
-                    let _ = self.flush(&mut out).await;
-                    if matches!(self.stream, Transport::Tls(_)) {
-                        // close_notify, so clients see a clean TLS end.
-                        let _ = self.stream.close().await;
-                    }
+                    self.finish(&mut out).await;
                     self.log_logout(&session, "logout");
                     return Ok(());
                 }
@@ -809,6 +805,16 @@ impl Conn {
                 io::ErrorKind::TimedOut,
                 "TLS handshake timed out",
             )),
+        }
+    }
+
+    /// Sends the session's last words in `out`, then, under TLS, close_notify, so the client
+    /// sees the server end the TLS stream rather than a truncation. Errors are of no more
+    /// use: the connection is ending.
+    async fn finish(&mut self, out: &mut Vec<u8>) {
+        let _ = self.flush(out).await;
+        if matches!(self.stream, Transport::Tls(_)) {
+            let _ = self.stream.close().await;
         }
     }
 
