@@ -1,7 +1,9 @@
 //! The HAProxy PROXY protocol, versions 1 (text) and 2 (binary), sans I/O.
 //!
 //! Owns: recognising and parsing the header a load balancer puts in front of a connection,
-//! so the client address it carries can be used for limits, penalties and logs.
+//! so the client address it carries can be used for limits, penalties and logs, and whether
+//! a v2 header says the client talked TLS to the proxy (PP2_TYPE_SSL, which HAProxy's
+//! `send-proxy-v2-ssl` sends).
 //!
 //! Does not own: deciding whom to trust (the runtime only calls this for connections from
 //! configured trusted networks) or reading from sockets. [`parse`] is given the bytes read
@@ -29,6 +31,9 @@ pub struct Header {
     pub source: Option<SocketAddr>,
     /// The address the client connected to, when given.
     pub destination: Option<SocketAddr>,
+    /// A v2 PP2_TYPE_SSL TLV with PP2_CLIENT_SSL set: the client used TLS to reach the proxy
+    /// (spec 2.2.5). Never set by v1, which cannot say it, nor by LOCAL / UNSPEC headers.
+    pub client_tls: bool,
 }
 
 /// Why a header was refused. The runtime closes the connection.
@@ -47,8 +52,9 @@ pub enum ProxyError {
 /// Parses a PROXY header at the start of `buf`.
 /// `Ok(None)`: more bytes are needed. `Ok(Some((header, n)))`: the header took `n` bytes.
 ///
-/// v2 TLVs are skipped whatever their type, but each must lie within the header, and a
-/// CRC32C one must match.
+/// v2 TLVs are skipped whatever their type, except PP2_TYPE_SSL (read for
+/// [`Header::client_tls`]) and CRC32C (which must match); each must lie within the header,
+/// and so must the sub-TLVs of an SSL one.
 pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     let sig_len = buf.len().min(V2_SIGNATURE.len());
     if buf[..sig_len] == V2_SIGNATURE[..sig_len] {
@@ -82,6 +88,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
             Header {
                 source: None,
                 destination: None,
+                client_tls: false,
             },
             lf + 1,
         )));
@@ -119,6 +126,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
         Header {
             source: Some(SocketAddr::new(ip(src)?, port(sport)?)),
             destination: Some(SocketAddr::new(ip(dst)?, port(dport)?)),
+            client_tls: false,
         },
         lf + 1,
     )))
@@ -142,6 +150,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     let local = Header {
         source: None,
         destination: None,
+        client_tls: false,
     };
     match ver_cmd & 0x0F {
         0x0 => return Ok(Some((local, total))), // LOCAL: health check from the proxy itself
@@ -160,7 +169,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     if body.len() < addr_len {
         return Err(ProxyError::BadV2);
     }
-    check_tlvs(&buf[..total], 16 + addr_len)?;
+    let client_tls = check_tlvs(&buf[..total], 16 + addr_len)?;
     let header = match fam {
         0x11 => {
             let src = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
@@ -168,6 +177,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
             Header {
                 source: Some(SocketAddr::new(src.into(), be16(&body[8..10]))),
                 destination: Some(SocketAddr::new(dst.into(), be16(&body[10..12]))),
+                client_tls,
             }
         }
         0x21 => {
@@ -182,41 +192,60 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
                     Ipv6Addr::from(dst).into(),
                     be16(&body[34..36]),
                 )),
+                client_tls,
             }
         }
         // UNIX / UDP: no usable TCP address; keep the socket's peer (the spec's fallback
-        // to UNSPEC for combinations a receiver does not implement).
-        _ => local,
+        // to UNSPEC for combinations a receiver does not implement). The proxy still said
+        // how the client reached it.
+        _ => Header {
+            client_tls,
+            ..local
+        },
     };
     Ok(Some((header, total)))
 }
 
 /// PP2_TYPE_CRC32C: a checksum of the whole header, its own value taken as zero.
 const PP2_TYPE_CRC32C: u8 = 0x03;
+/// PP2_TYPE_SSL: how the client reached the proxy. Its value is `client` (1 octet),
+/// `verify` (4 octets), then sub-TLVs (PP2_SUBTYPE_SSL_VERSION, _CN, …) to its end.
+const PP2_TYPE_SSL: u8 = 0x20;
+/// The `client` bit of PP2_TYPE_SSL saying the client connected over TLS. (0x02 / 0x04 are
+/// about a client certificate, `verify` is 0 when one was verified: not used here.)
+const PP2_CLIENT_SSL: u8 = 0x01;
+/// `client` and `verify`, before the sub-TLVs of PP2_TYPE_SSL.
+const PP2_SSL_FIXED: usize = 5;
 
 /// Walks the TLVs of `header` (the whole v2 header) from `at`, where the address block
 /// ends. Every TLV must fit in the header, which must end where the last one does; their
-/// values are skipped, except a CRC32C, which must match.
-fn check_tlvs(header: &[u8], mut at: usize) -> Result<(), ProxyError> {
+/// values are skipped, except a CRC32C, which must match, and an SSL one, whose sub-TLVs
+/// must fill its value the same way. Returns whether an SSL TLV says the client used TLS.
+fn check_tlvs(header: &[u8], at: usize) -> Result<bool, ProxyError> {
     let mut crc_at = None;
-    while at < header.len() {
-        if header.len() - at < 3 {
-            return Err(ProxyError::BadV2);
-        }
-        let kind = header[at];
-        let value = at + 3;
-        let end = value + usize::from(be16(&header[at + 1..value]));
-        if end > header.len() {
-            return Err(ProxyError::BadV2);
-        }
-        if kind == PP2_TYPE_CRC32C {
-            if end - value != 4 || crc_at.is_some() {
-                return Err(ProxyError::BadV2);
+    let mut ssl_client = None;
+    walk_tlvs(header, at, |kind, value| {
+        match kind {
+            PP2_TYPE_CRC32C => {
+                if value.len() != 4 || crc_at.is_some() {
+                    return Err(ProxyError::BadV2);
+                }
+                crc_at = Some(value.start);
             }
-            crc_at = Some(value);
+            PP2_TYPE_SSL => {
+                // Two SSL TLVs could disagree about the client's TLS: refuse rather than pick.
+                if value.len() < PP2_SSL_FIXED || ssl_client.is_some() {
+                    return Err(ProxyError::BadV2);
+                }
+                walk_tlvs(&header[..value.end], value.start + PP2_SSL_FIXED, |_, _| {
+                    Ok(())
+                })?;
+                ssl_client = Some(header[value.start]);
+            }
+            _ => {}
         }
-        at = end;
-    }
+        Ok(())
+    })?;
     if let Some(at) = crc_at {
         let sent = u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
         let mut digest = CRC32C.digest();
@@ -226,6 +255,28 @@ fn check_tlvs(header: &[u8], mut at: usize) -> Result<(), ProxyError> {
         if digest.finalize() != sent {
             return Err(ProxyError::BadV2);
         }
+    }
+    Ok(ssl_client.is_some_and(|c| c & PP2_CLIENT_SSL != 0))
+}
+
+/// Calls `each(type, value range)` for the TLVs (type, 16-bit length, value) of `bytes` from
+/// `at` on. Each must fit in `bytes`, and the last must end where `bytes` does.
+fn walk_tlvs(
+    bytes: &[u8],
+    mut at: usize,
+    mut each: impl FnMut(u8, std::ops::Range<usize>) -> Result<(), ProxyError>,
+) -> Result<(), ProxyError> {
+    while at < bytes.len() {
+        if bytes.len() - at < 3 {
+            return Err(ProxyError::BadV2);
+        }
+        let value = at + 3;
+        let end = value + usize::from(be16(&bytes[at + 1..value]));
+        if end > bytes.len() {
+            return Err(ProxyError::BadV2);
+        }
+        each(bytes[at], value..end)?;
+        at = end;
     }
     Ok(())
 }
@@ -388,6 +439,93 @@ mod tests {
         let (hdr, n) = parse(&h).unwrap().unwrap();
         assert_eq!(hdr.source, Some(sa("192.0.2.1:56324")));
         assert_eq!(&h[n..], b"USER x\r\n");
+        assert!(hdr.client_tls);
+    }
+
+    /// A PP2_TYPE_SSL TLV (spec 2.2.5) with `client` and `verify`, then `sub` sub-TLVs.
+    fn ssl_tlv(client: u8, verify: u32, sub: &[u8]) -> Vec<u8> {
+        let mut value = vec![client];
+        value.extend_from_slice(&verify.to_be_bytes());
+        value.extend_from_slice(sub);
+        let mut tlv = vec![0x20];
+        tlv.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        tlv.extend_from_slice(&value);
+        tlv
+    }
+
+    /// PP2_SUBTYPE_SSL_VERSION "TLSv1.3", as HAProxy's `send-proxy-v2-ssl` sends it.
+    const TLS13: &[u8] = b"\x21\x00\x07TLSv1.3";
+
+    #[test]
+    fn v2_ssl_tlv_says_whether_the_client_used_tls() {
+        let parsed = |tlvs: &[u8]| {
+            let mut h = v2(1, 0x11, &[ipv4_block(), tlvs.to_vec()].concat());
+            h.extend_from_slice(b"USER x\r\n");
+            let (hdr, n) = parse(&h).unwrap().unwrap();
+            assert_eq!(&h[n..], b"USER x\r\n");
+            assert_eq!(hdr.source, Some(sa("192.0.2.1:56324")));
+            hdr.client_tls
+        };
+        // PP2_CLIENT_SSL, alone or with the client-certificate bits, whatever `verify` says.
+        assert!(parsed(&ssl_tlv(0x01, 0, TLS13)));
+        assert!(parsed(&ssl_tlv(0x07, 0, TLS13)));
+        assert!(parsed(&ssl_tlv(0x01, 1, &[])));
+        let cn = [TLS13, b"\x22\x00\x05alice"].concat();
+        let noop = [0x04, 0x00, 0x01, 0x00];
+        assert!(parsed(&[&noop[..], &ssl_tlv(0x01, 0, &cn), &noop].concat()));
+        // HAProxy sends the TLV with `client` 0 for a client that did not use TLS.
+        assert!(!parsed(&ssl_tlv(0x00, 0, &[])));
+        assert!(!parsed(&ssl_tlv(0x06, 0, &[])));
+        assert!(!parsed(&[]));
+        assert!(!parsed(&noop));
+        // IPv6 and UNIX addresses carry it too.
+        let mut body6 = vec![0; 36];
+        body6.extend_from_slice(&ssl_tlv(0x01, 0, TLS13));
+        assert!(parse(&v2(1, 0x21, &body6)).unwrap().unwrap().0.client_tls);
+        let mut unix = vec![0; 216];
+        unix.extend_from_slice(&ssl_tlv(0x01, 0, &[]));
+        let (hdr, _) = parse(&v2(1, 0x31, &unix)).unwrap().unwrap();
+        assert_eq!((hdr.source, hdr.client_tls), (None, true));
+        // LOCAL (a health check) and UNSPEC: no address block read, no TLV either.
+        let local = [ipv4_block(), ssl_tlv(0x01, 0, &[])].concat();
+        assert!(!parse(&v2(0, 0x11, &local)).unwrap().unwrap().0.client_tls);
+        // v1 cannot say it.
+        let (hdr, _) = parse(b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!hdr.client_tls);
+    }
+
+    #[test]
+    fn v2_malformed_ssl_tlv_is_refused() {
+        let refused = |tlvs: &[u8]| {
+            let mut h = v2(1, 0x11, &[ipv4_block(), tlvs.to_vec()].concat());
+            // What follows the header must not complete a short TLV.
+            h.extend_from_slice(b"CAPA\r\n");
+            assert_eq!(parse(&h), Err(ProxyError::BadV2), "{tlvs:02x?}");
+        };
+        // Shorter than `client` + `verify`.
+        for len in 0..5u8 {
+            let mut tlv = vec![0x20, 0x00, len];
+            tlv.extend(std::iter::repeat_n(0x01, usize::from(len)));
+            refused(&tlv);
+        }
+        // A sub-TLV running past the SSL TLV, even if the header goes on.
+        let mut long_sub = ssl_tlv(0x01, 0, b"\x21\x00\x09TLSv1.3");
+        refused(&long_sub);
+        long_sub.extend_from_slice(&[0x04, 0x00, 0x00]);
+        refused(&long_sub);
+        // Bytes after `verify` too few for a sub-TLV header.
+        refused(&ssl_tlv(0x01, 0, &[0x21]));
+        refused(&ssl_tlv(0x01, 0, &[0x21, 0x00]));
+        refused(&ssl_tlv(0x01, 0, &[TLS13, &[0x22][..]].concat()));
+        // Two SSL TLVs, which might disagree.
+        refused(&[ssl_tlv(0x01, 0, &[]), ssl_tlv(0x00, 0, &[])].concat());
+        refused(&[ssl_tlv(0x01, 0, &[]), ssl_tlv(0x01, 0, &[])].concat());
+        // The SSL TLV's own length past the header.
+        let mut past = ssl_tlv(0x01, 0, TLS13);
+        past[2] += 1;
+        refused(&past);
     }
 
     #[test]

@@ -97,6 +97,15 @@ fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     h
 }
 
+/// [`v2_header`] followed by `tlvs` (the length field covering them).
+fn v2_header_with_tlvs(src: SocketAddr, dst: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
+    let mut h = v2_header(src, dst);
+    let len = u16::from_be_bytes([h[14], h[15]]) + u16::try_from(tlvs.len()).unwrap();
+    h[14..16].copy_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(tlvs);
+    h
+}
+
 /// The admin address from `corepop: metrics on http://ADDR/metrics`.
 fn metrics_addr(srv: &Server) -> SocketAddr {
     let mut found = None;
@@ -407,6 +416,101 @@ fn proxy_plaintext_auth_accepts_user_pass_from_a_tls_terminating_proxy() {
             .lines()
             .any(|l| l.contains("login") && l.contains("peer=192.0.2.7:40001"))
     });
+}
+
+/// The CAPA list (without the `+OK` and `.` lines), on a [`Raw`] connection.
+fn raw_capa(c: &mut Raw) -> Vec<String> {
+    let first = c.cmd("CAPA");
+    assert!(first.starts_with("+OK"), "{first}");
+    std::iter::from_fn(|| c.line())
+        .take_while(|l| l != ".")
+        .collect()
+}
+
+/// HAProxy's `send-proxy-v2-ssl`: a PROXY v2 header whose PP2_TYPE_SSL TLV has PP2_CLIENT_SSL
+/// set says the client talked TLS to HAProxy. corepop then treats the connection as one with
+/// TLS (as Dovecot does): USER/PASS and SASL PLAIN/LOGIN allowed for a remote client, no STLS.
+/// Without the bit (or the TLV) plaintext stays refused, and a malformed TLV closes it.
+#[test]
+fn proxy_v2_ssl_tlv_allows_plaintext_auth_for_a_client_that_used_tls() {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    fx.deliver("alice", "new", "1700000001.M1P1.h", MSG);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (fx.path().join("tls.pem"), fx.path().join("tls.key"));
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    fx.config(&format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n\n\
+         [proxy]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+         header_timeout_secs = 1\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    ));
+    let srv = Server::start(&fx, &[]);
+    eventually("two listeners", || srv.addrs().len() == 2);
+    let proxy = srv.addrs()[1];
+    let src: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+    // PP2_TYPE_SSL: `client`, `verify`, then PP2_SUBTYPE_SSL_VERSION, as HAProxy sends it.
+    let with_ssl = |client: u8| {
+        let mut tlv = vec![0x20, 0x00, 15, client, 0, 0, 0, 0, 0x21, 0x00, 0x07];
+        tlv.extend_from_slice(b"TLSv1.3");
+        v2_header_with_tlvs(src, proxy, &tlv)
+    };
+
+    let mut c = Raw::connect(proxy, &with_ssl(0x01));
+    assert!(c.line().unwrap().starts_with("+OK"));
+    let capa = raw_capa(&mut c);
+    assert!(capa.iter().any(|l| l == "USER"), "{capa:?}");
+    assert!(
+        capa.iter().any(|l| l.starts_with("SASL ")
+            && l.split(' ').any(|m| m == "PLAIN")
+            && l.split(' ').any(|m| m == "LOGIN")),
+        "{capa:?}"
+    );
+    assert!(!capa.iter().any(|l| l == "STLS"), "{capa:?}");
+    assert!(c.cmd("STLS").starts_with("-ERR"));
+    let r = c.cmd("USER alice");
+    assert!(
+        r.starts_with("+OK"),
+        "USER after a TLS client's header: {r}"
+    );
+    let r = c.cmd("PASS pw");
+    assert!(
+        r.starts_with("+OK"),
+        "PASS after a TLS client's header: {r}"
+    );
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    eventually("login logged with the client's address", || {
+        srv.stderr_text()
+            .lines()
+            .any(|l| l.contains("login") && l.contains("peer=192.0.2.7:40001"))
+    });
+
+    // The SSL TLV without PP2_CLIENT_SSL (HAProxy: a client without TLS), or no TLV at all.
+    for header in [with_ssl(0x00), v2_header(src, proxy)] {
+        let mut c = Raw::connect(proxy, &header);
+        assert!(c.line().unwrap().starts_with("+OK"));
+        let capa = raw_capa(&mut c);
+        assert!(!capa.iter().any(|l| l == "USER"), "{capa:?}");
+        assert!(capa.iter().any(|l| l == "STLS"), "{capa:?}");
+        let r = c.cmd("USER alice");
+        assert!(r.contains("Plaintext authentication disallowed"), "{r}");
+        c.cmd("QUIT");
+    }
+
+    // An SSL TLV too short for `client` and `verify`: no greeting.
+    let short = v2_header_with_tlvs(src, proxy, &[0x20, 0x00, 0x01, 0x01]);
+    assert_eq!(Raw::connect(proxy, &short).line(), None);
 }
 
 #[test]

@@ -202,7 +202,16 @@ impl Conn {
         let Transport::Plain(stream) = &mut self.stream else {
             unreachable!("a new connection is plaintext")
         };
-        match Box::pin(admit(stream, spec, &self.shared, &mut self.peer)).await {
+        let mut client_tls = false;
+        match Box::pin(admit(
+            stream,
+            spec,
+            &self.shared,
+            &mut self.peer,
+            &mut client_tls,
+        ))
+        .await
+        {
             Ok(slot) => self._slot = slot,
             Err(refusal) => {
                 self.registry.metrics.refused(refusal);
@@ -216,7 +225,7 @@ impl Conn {
                 return;
             }
         }
-        if let Err(e) = self.drive(spec.proxy).await {
+        if let Err(e) = self.drive(spec.proxy, client_tls).await {
             tracing::debug!(peer = %Peer(self.peer), error = %e, "connection ended with an error");
         }
         self.registry.closed(id, &self.shared);
@@ -225,12 +234,14 @@ impl Conn {
 }
 
 /// Reads the PROXY header on a PROXY listener and takes the connection's place in the
-/// connection limits. `peer` becomes the client the header names.
+/// connection limits. `peer` becomes the client the header names; `client_tls`, whether the
+/// header says that client used TLS to the proxy.
 async fn admit(
     stream: &mut TcpStream,
     spec: ListenerSpec,
     shared: &Shared,
     peer: &mut Option<SocketAddr>,
+    client_tls: &mut bool,
 ) -> Result<Option<ConnSlot>, Refusal> {
     if spec.proxy {
         let from = *peer;
@@ -254,9 +265,13 @@ async fn admit(
             })
             .await;
         match header {
-            Some(Ok(Some(source))) => *peer = Some(source),
-            // LOCAL / UNKNOWN (health checks): the proxy itself is the peer.
-            Some(Ok(None)) => {}
+            Some(Ok(header)) => {
+                // LOCAL / UNKNOWN (health checks): the proxy itself is the peer.
+                if let Some(source) = header.source {
+                    *peer = Some(source);
+                }
+                *client_tls = header.client_tls;
+            }
             Some(Err(e)) => {
                 tracing::warn!(peer = %Peer(from), error = %e, "bad PROXY header; connection closed");
                 return Err(Refusal::ProxyBadHeader);
@@ -282,8 +297,8 @@ async fn admit(
 }
 
 /// Reads exactly the PROXY header (peeking first, so no byte of the session that follows is
-/// taken). `Ok(None)`: a LOCAL/UNKNOWN header.
-async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+/// taken).
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<crate::proxy::Header> {
     let mut taken: Vec<u8> = Vec::new();
     let mut peeked = vec![0u8; 1024];
     loop {
@@ -300,7 +315,7 @@ async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<SocketAd
             Ok(Some((header, used))) => {
                 let mut rest = vec![0u8; used - taken.len()];
                 stream.read_exact(&mut rest).await?;
-                return Ok(header.source);
+                return Ok(header);
             }
             Ok(None) => {
                 // Everything seen so far is header: take it and wait for more.
@@ -392,8 +407,8 @@ enum Login {
 
 impl Conn {
     /// `proxied`: the connection came through a PROXY listener (its peer is the client the
-    /// header named).
-    async fn drive(&mut self, proxied: bool) -> io::Result<()> {
+    /// header named); `client_tls`: its PROXY v2 header said the client used TLS to the proxy.
+    async fn drive(&mut self, proxied: bool, client_tls: bool) -> io::Result<()> {
         self.stream.tcp()?.set_nodelay(true)?;
         // Settings are read from `self.shared` where they are used rather than kept in
         // locals: this future lives as long as the connection (see docs/architecture.md,
@@ -428,7 +443,10 @@ impl Conn {
                 || tls_at_proxy
                 || self.shared.cfg.auth.insecure_plaintext_auth,
             stls: self.shared.tls.is_some() && !self.implicit_tls,
-            secure: self.implicit_tls,
+            // HAProxy `send-proxy-v2-ssl`: the trusted header says the client's connection is
+            // TLS (PP2_CLIENT_SSL). It counts as secure as TLS here (Dovecot: `secured`):
+            // plaintext auth allowed, and no STLS inside the client's TLS.
+            secure: self.implicit_tls || client_tls,
             sasl: self.shared.sasl,
             login_delay_per_user: self.shared.auth.login_delay_per_user(),
         };
