@@ -108,7 +108,8 @@ pub struct ConnInfo {
     pub plaintext_auth: bool,
     /// Whether STLS is offered (a certificate is configured and TLS is not up yet).
     pub stls: bool,
-    /// Whether the connection is already encrypted (implicit TLS).
+    /// Whether the client's connection is already encrypted: implicit TLS, or TLS the
+    /// client used to a proxy that says so (PROXY v2 `PP2_TYPE_SSL`).
     pub secure: bool,
     /// SASL mechanisms the server can verify. PLAIN and LOGIN are withheld (from CAPA and
     /// AUTH) while plaintext authentication is not allowed on the connection.
