@@ -526,6 +526,33 @@ fn wire_form_messages_sent_from_the_file_are_exact() {
 }
 
 #[test]
+fn a_wire_form_message_rewritten_in_place_is_still_sent_dot_stuffed() {
+    // Maildir files are never rewritten, and the index's "stored as wire form" fact relies on
+    // it: such a message goes out from a mapping, unchanged. A tool that rewrites one anyway,
+    // now with a line that is only ".", must not have it sent raw: the client would take that
+    // line for the end of the message and the rest for replies.
+    let mut fx = Fixture::new();
+    fx.add_user("eve", "pw");
+    let path = fx.deliver(
+        "eve",
+        "cur",
+        "1700000000.M1P1.h:2,S",
+        b"Subject: a\r\n\r\nplain line\r\n",
+    );
+    fx.config("[mail]\nmap_min_size = 0\n");
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("eve", "pw");
+    let rewritten = b"Subject: a\r\n\r\n.\r\nafter the dot line\r\n";
+    fs::write(&path, rewritten).unwrap();
+    let (st, body) = c.multi("RETR 1");
+    assert!(st.starts_with("+OK"), "{st}");
+    assert_eq!(body, expected_wire(rewritten));
+    assert!(c.cmd("NOOP").starts_with("+OK"));
+    c.cmd("QUIT");
+}
+
+#[test]
 fn messages_stored_compressed_are_refused_not_sent() {
     // Dovecot's compression plugin stores messages gzip-, bzip2-, xz-, LZ4- or
     // zstd-compressed, under names with the uncompressed sizes. Their bytes are not mail:

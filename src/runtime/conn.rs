@@ -1167,7 +1167,16 @@ impl From<Panicked> for io::Error {
 fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<Body> {
     use std::os::unix::fs::FileExt;
     let file = snapshot.open_file(index)?;
-    if zero_copy {
+    let end = file.metadata()?.len();
+    // Sent as stored only if it still has the size the index recorded: Maildir files are
+    // never rewritten in place, but a tool that rewrites one anyway (changing its size, as
+    // nearly any edit does) must not get its raw bytes sent: a "." line in them would end
+    // the message early for the client. The transform sends it correctly stuffed.
+    let recorded = snapshot.messages()[index].entry.size;
+    if zero_copy && end != recorded {
+        tracing::warn!(index, path = %snapshot.path(index).display(), recorded, size = end, "message file changed size since it was indexed (rewritten in place?); sending it through the transform");
+    }
+    if zero_copy && end == recorded {
         // Checked before mapping: a refused file is not mapped and pre-faulted for nothing.
         let mut head = [0u8; mailbox::COMPRESSION_MAGIC_LEN];
         let n = file.read_at(&mut head, 0)?;
@@ -1183,7 +1192,6 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
             ends_lf: last[0] == b'\n',
         });
     }
-    let end = file.metadata()?.len();
     first_chunk(file, end, Vec::new(), false).map_err(|(e, _)| e)
 }
 
