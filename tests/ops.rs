@@ -848,7 +848,7 @@ fn socket_activation_uses_the_passed_sockets() {
         .args(["--listen", "127.0.0.1:1", "--threads", "2", "--allow-root"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(fs::File::create(fx.path().join("activated.log")).unwrap())
         .spawn()
         .expect("systemd-socket-activate (package systemd)");
     let addr: SocketAddr = listen.parse().unwrap();
@@ -868,6 +868,13 @@ fn socket_activation_uses_the_passed_sockets() {
     }
     kill(&mut child, libc::SIGTERM);
     let _ = child.wait();
+    // The configured listener that systemd did not pass is named, not silently dropped.
+    let log = fs::read_to_string(fx.path().join("activated.log")).unwrap();
+    let warning = log.lines().find(|l| l.contains("NOT served"));
+    assert!(
+        warning.is_some_and(|l| l.contains("127.0.0.1:1 (server.listen)")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -171,18 +171,51 @@ pub(crate) fn open_listeners(cfg: &Config, threads: usize) -> anyhow::Result<Lis
             fds.push(s.fd);
             add(fds, s.addr, tls, proxy);
         }
+        // A configured listener systemd did not pass is not served: say which, so that a
+        // unit passing only port 110 does not silently drop 995 (or a PROXY listener).
+        let unserved: Vec<String> = configured_listeners(cfg)
+            .filter(|&(addr, tls, proxy)| !covered(&out.bound, addr, tls, proxy))
+            .map(|(addr, tls, proxy)| match (tls, proxy) {
+                (false, false) => format!("{addr} (server.listen)"),
+                (true, false) => format!("{addr} (server.listen_tls)"),
+                (false, true) => format!("{addr} (proxy.listen)"),
+                (true, true) => format!("{addr} (proxy.listen_tls)"),
+            })
+            .collect();
+        if !unserved.is_empty() {
+            tracing::warn!(
+                listeners = %unserved.join(", "),
+                "socket activation: configured listeners that systemd did not pass are NOT served; add them to the socket unit (with a FileDescriptorName= naming their kind) or stop using socket activation"
+            );
+        }
         return Ok(out);
     }
-    let all = (cfg.server.listen.iter().map(|a| (a, false, false)))
-        .chain(cfg.server.listen_tls.iter().map(|a| (a, true, false)))
-        .chain(cfg.proxy.listen.iter().map(|a| (a, false, true)))
-        .chain(cfg.proxy.listen_tls.iter().map(|a| (a, true, true)));
-    for (addr, tls, proxy) in all {
+    for (addr, tls, proxy) in configured_listeners(cfg) {
         let (fds, actual) =
             sys::listeners(*addr, threads).with_context(|| format!("cannot listen on {addr}"))?;
         add(fds, actual, tls, proxy);
     }
     Ok(out)
+}
+
+/// Whether a configured listener (`addr`, implicit TLS, PROXY) is served by one of the
+/// `passed` sockets: one of its kind on its port, bound to its address or to a wildcard
+/// (`ListenStream=110` is [::]:110, which also takes IPv4).
+fn covered(passed: &[Listening], addr: &SocketAddr, tls: bool, proxy: bool) -> bool {
+    passed.iter().any(|l| {
+        l.tls == tls
+            && l.proxy == proxy
+            && l.addr.port() == addr.port()
+            && (l.addr.ip() == addr.ip() || l.addr.ip().is_unspecified())
+    })
+}
+
+/// The configured POP3 listeners: address, implicit TLS, PROXY header.
+fn configured_listeners(cfg: &Config) -> impl Iterator<Item = (&SocketAddr, bool, bool)> {
+    (cfg.server.listen.iter().map(|a| (a, false, false)))
+        .chain(cfg.server.listen_tls.iter().map(|a| (a, true, false)))
+        .chain(cfg.proxy.listen.iter().map(|a| (a, false, true)))
+        .chain(cfg.proxy.listen_tls.iter().map(|a| (a, true, true)))
 }
 
 /// Opens the admin listener (`admin.listen`), if configured.
@@ -365,5 +398,34 @@ mod erased {
         fn render(&self) -> String {
             toml::to_string(self).unwrap_or_default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_wildcard_socket_covers_the_configured_listeners_on_its_port() {
+        let l = |a: &str, tls: bool, proxy: bool| Listening {
+            addr: a.parse().unwrap(),
+            tls,
+            proxy,
+        };
+        let a = |a: &str| a.parse::<SocketAddr>().unwrap();
+        // The Debian package: corepop.socket passes [::]:110; the configuration lists
+        // 0.0.0.0:110 and [::]:110, both served.
+        let passed = [l("[::]:110", false, false)];
+        assert!(covered(&passed, &a("0.0.0.0:110"), false, false));
+        assert!(covered(&passed, &a("[::]:110"), false, false));
+        assert!(covered(&passed, &a("192.0.2.1:110"), false, false));
+        // Another port, or the same port of another kind, is not.
+        assert!(!covered(&passed, &a("0.0.0.0:995"), true, false));
+        assert!(!covered(&passed, &a("0.0.0.0:110"), true, false));
+        assert!(!covered(&passed, &a("0.0.0.0:110"), false, true));
+        // A socket bound to one address covers only that address.
+        let passed = [l("127.0.0.1:110", false, false)];
+        assert!(covered(&passed, &a("127.0.0.1:110"), false, false));
+        assert!(!covered(&passed, &a("0.0.0.0:110"), false, false));
     }
 }
