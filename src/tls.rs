@@ -127,6 +127,10 @@ impl ResolvesServerCert for SniResolver {
 
 /// Builds the server configuration from `[tls]`; `None` when no certificate is configured.
 pub fn server_config(cfg: &config::Tls) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+    Ok(build(cfg)?.map(Arc::new))
+}
+
+fn build(cfg: &config::Tls) -> anyhow::Result<Option<ServerConfig>> {
     let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
         return Ok(None);
     };
@@ -148,7 +152,7 @@ pub fn server_config(cfg: &config::Tls) -> anyhow::Result<Option<Arc<ServerConfi
     // `no_application_protocol` alert (rustls sends it); one offering none is served. This
     // stops cross-protocol attacks (ALPACA) that point an HTTPS client at port 995.
     sc.alpn_protocols = vec![ALPN_POP3.to_vec()];
-    Ok(Some(Arc::new(sc)))
+    Ok(Some(sc))
 }
 
 /// The current server configuration, replaceable at run time (SIGHUP) without affecting
@@ -172,10 +176,15 @@ impl Reloadable {
             .clone()
     }
 
-    /// Reloads the files named by `cfg`; on error the old configuration stays.
+    /// Reloads the files named by `cfg`; on error the old configuration stays. The session
+    /// ticket keys and the session cache carry over: a reload (every SIGHUP, also one for
+    /// the passwd-file) does not cost every client a full handshake.
     pub fn reload(&self, cfg: &config::Tls) -> anyhow::Result<()> {
-        let sc = server_config(cfg)?.ok_or_else(|| anyhow!("no certificate configured"))?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = sc;
+        let mut sc = build(cfg)?.ok_or_else(|| anyhow!("no certificate configured"))?;
+        let old = self.current();
+        sc.ticketer = old.ticketer.clone();
+        sc.session_storage = old.session_storage.clone();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sc);
         Ok(())
     }
 }

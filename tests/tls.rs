@@ -926,6 +926,39 @@ fn sighup_reloads_certificates() {
     assert!(c.cmd("QUIT").starts_with("+OK"));
 }
 
+/// A SIGHUP (it reloads the certificates, whatever it was sent for) keeps TLS sessions
+/// resumable: the ticket keys and the session cache carry over, so a reload does not cost
+/// every client a full handshake.
+#[test]
+fn sighup_keeps_tls_sessions_resumable() {
+    let s = Setup::new();
+    let config = client_config(&s.certs.ca);
+    let connect = || {
+        let conn = rustls::ClientConnection::new(
+            config.clone(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut c = Client {
+            s: rustls::StreamOwned::new(conn, tcp(s.tls)),
+        };
+        // The greeting comes after the TLS 1.3 tickets, so they are taken in.
+        assert!(c.line().starts_with("+OK"));
+        let kind = c.s.conn.handshake_kind();
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+        kind
+    };
+    assert_eq!(connect(), Some(rustls::HandshakeKind::Full));
+    assert_eq!(connect(), Some(rustls::HandshakeKind::Resumed));
+    s.srv.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.srv.stderr_text().contains("certificates reloaded") {
+        assert!(Instant::now() < deadline, "{}", s.srv.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(connect(), Some(rustls::HandshakeKind::Resumed));
+}
+
 #[test]
 fn tls_client_hello_on_the_plaintext_port_gets_err_and_others_are_served() {
     let s = Setup::new();
