@@ -940,6 +940,39 @@ fn drops_root_privileges_to_the_configured_user() {
     c.cmd("QUIT");
 }
 
+/// A file a SIGHUP re-reads (here the passwd-file) that root could read at start-up but the
+/// dropped user cannot is named in a warning at once, not only when a reload fails.
+#[test]
+fn warns_at_start_up_of_files_a_reload_could_not_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let fx = fixture("[privileges]\nuser = \"nobody\"\n");
+    let st = Command::new("chown")
+        .args(["-R", "nobody:"])
+        .arg(fx.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Root's only, as a careless `install -m 600` leaves it.
+    std::os::unix::fs::chown(fx.passwd_path(), Some(0), Some(0)).unwrap();
+    fs::set_permissions(fx.passwd_path(), fs::Permissions::from_mode(0o600)).unwrap();
+    let srv = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(srv.addr);
+    c.login("alice", "pw");
+    c.cmd("QUIT");
+    let log = srv.stderr_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("a SIGHUP reload will fail"));
+    assert!(
+        warning.is_some_and(|l| l.contains(&*fx.passwd_path().to_string_lossy())),
+        "{log}"
+    );
+}
+
 /// The `cargo deb` metadata names files that exist, and the configuration it installs is
 /// valid (what `cargo deb` would otherwise only find out when building the package).
 #[test]

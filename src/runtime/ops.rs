@@ -267,7 +267,29 @@ pub(crate) fn drop_privileges(cfg: &Config, allow_root: bool) -> anyhow::Result<
     sys::drop_privileges(account.uid, gid)
         .with_context(|| format!("switching to user {user} (uid {}, gid {gid})", account.uid))?;
     tracing::info!(user = %account.name, uid = account.uid, gid, "dropped root privileges");
+    warn_unreadable_for_reload(cfg, user);
     Ok(())
+}
+
+/// The files a SIGHUP re-reads are read as `privileges.user`: say now, not at the first
+/// reload, which of them that user cannot open (a key readable by root only is the usual
+/// one; the reload would then fail and keep the old certificate until its expiry).
+fn warn_unreadable_for_reload(cfg: &Config, user: &str) {
+    let tls = [cfg.tls.cert.as_ref(), cfg.tls.key.as_ref()]
+        .into_iter()
+        .flatten();
+    let sni = cfg.tls.sni.iter().flat_map(|s| [&s.cert, &s.key]);
+    let files = std::iter::once(&cfg.auth.passwd_file).chain(tls).chain(sni);
+    for path in files {
+        if let Err(e) = std::fs::File::open(path) {
+            tracing::warn!(
+                path = %path.display(),
+                user,
+                error = %e,
+                "this file was read at start-up but cannot be read as privileges.user: a SIGHUP reload will fail until it can (systemctl reload, certificate renewal hooks)"
+            );
+        }
+    }
 }
 
 /// Tells systemd we are ready (no-op without `NOTIFY_SOCKET`).
