@@ -409,10 +409,15 @@ impl PasswdFile {
     /// [`PasswdOptions::lowercase_usernames`], then matched exactly.
     /// Does not validate the name (invalid names are never in the file).
     pub fn lookup(&self, user: &str) -> Option<&PasswdEntry> {
+        self.users.get(&*self.lookup_name(user))
+    }
+
+    /// The name [`PasswdFile::lookup`] looks `user` up by.
+    fn lookup_name<'a>(&self, user: &'a str) -> std::borrow::Cow<'a, str> {
         if self.opts.lowercase_usernames && user.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.users.get(&user.to_ascii_lowercase())
+            std::borrow::Cow::Owned(user.to_ascii_lowercase())
         } else {
-            self.users.get(user)
+            std::borrow::Cow::Borrowed(user)
         }
     }
 
@@ -589,8 +594,11 @@ fn scram_capable(stored: &str, alg: ScramAlg, opts: &PasswdOptions) -> bool {
 
 impl Authenticator for PasswdFile {
     fn scram_secret(&self, user: &str, alg: ScramAlg) -> ScramSecret {
-        self.lookup_scram(user, alg)
-            .unwrap_or_else(|| super::fake_scram_secret(user, alg))
+        self.lookup_scram(user, alg).unwrap_or_else(|| {
+            // Made up from the name as looked up: spellings that find one user must get one
+            // salt whether or not the user exists, or comparing them tells which users do.
+            super::fake_scram_secret(&self.lookup_name(user), alg)
+        })
     }
 
     fn sasl_capabilities(&self) -> SaslCapabilities {
@@ -1250,6 +1258,30 @@ gina:{PLAIN}
             let b = f.scram_secret(u, ScramAlg::Sha256);
             assert_eq!((a.salt, a.iterations), (b.salt, b.iterations), "{u}");
         }
+    }
+
+    /// With `lowercase_usernames` (the default) `ALICE` and `alice` are one user, so a known
+    /// user's salt is the same for both spellings. An unknown user's made-up salt must behave
+    /// the same way, or comparing the salts for `X` and `x` tells which users exist.
+    #[test]
+    fn scram_salt_does_not_tell_users_apart_by_case() {
+        let f = parse(&format!(
+            "plain:{{PLAIN}}pencil\nscram:{}\n",
+            scheme::hash("SCRAM-SHA-256", b"pencil").unwrap()
+        ));
+        let salt = |u: &str| f.scram_secret(u, ScramAlg::Sha256).salt;
+        for (upper, lower) in [("PLAIN", "plain"), ("Scram", "scram"), ("NoBody", "nobody")] {
+            assert_eq!(salt(upper), salt(lower), "{upper} vs {lower}");
+        }
+        // Without lowercasing the spellings are different (unknown) users: nothing to hide.
+        let opts = PasswdOptions {
+            lowercase_usernames: false,
+            ..PasswdOptions::default()
+        };
+        let f = PasswdFile::parse("plain:{PLAIN}pencil\n", opts);
+        let salt = |u: &str| f.scram_secret(u, ScramAlg::Sha256).salt;
+        assert_ne!(salt("PLAIN"), salt("plain"));
+        assert_ne!(salt("NOBODY"), salt("nobody"));
     }
 
     #[test]
