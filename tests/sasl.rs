@@ -649,3 +649,69 @@ fn fetchmail_cram_md5() {
         .collect();
     assert_eq!(got, [common::crlf_to_lf(&expected_wire(MSG))]);
 }
+
+/// RFC 5802 §5.1 and RFC 4013 with a real client: mpop (GNU SASL) escapes `,` and `=` in the
+/// username as `=2C`/`=3D` and SASLpreps the password, which leaves a non-ASCII password in
+/// NFC unchanged; corepop (like Dovecot, whose SCRAM does not SASLprep) then derives the same
+/// keys from the stored password as the client, so that user logs in with SCRAM and PLAIN.
+#[test]
+fn mpop_scram_escaped_username_and_non_ascii_password() {
+    let has_gsasl = Command::new("mpop")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("scram-sha-256"))
+        .unwrap_or(false);
+    if !has_gsasl {
+        eprintln!("SKIPPED: mpop with SCRAM support is not installed");
+        return;
+    }
+    let (user, pw) = ("a=b,c", "pässwörd €");
+    let mut fx = Fixture::new();
+    fx.add_user(user, pw);
+    deliver(&fx, user);
+    let server = Server::start(&fx, &[]);
+    // The Rust client sends the name escaped and the password's UTF-8 as is.
+    for alg in [ScramAlg::Sha256, ScramAlg::Sha1] {
+        let mut c = Pop3Client::connect(server.addr);
+        assert_eq!(auth_scram(&mut c, alg, "a=3Db=2Cc", pw), "+OK Logged in.");
+    }
+    let mut c = Pop3Client::connect(server.addr);
+    assert_eq!(auth_plain(&mut c, user, pw), "+OK Logged in.");
+    drop(c);
+    let pwfile = fx.path().join("mpop-password");
+    fs::write(&pwfile, pw).unwrap();
+    for auth in ["scram-sha-256", "plain"] {
+        let out = fx.path().join(format!("mpop-out-{auth}"));
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(out.join(sub)).unwrap();
+        }
+        let rc = fx.path().join(format!("mpoprc-{auth}"));
+        fs::write(
+            &rc,
+            format!(
+                "defaults\naccount t\nhost 127.0.0.1\nport {}\nuser {user}\n\
+                 uidls_file {}\naccount default : t\n",
+                server.addr.port(),
+                fx.path().join(format!("mpop-uidls-{auth}")).display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
+        let run = Command::new("mpop")
+            .arg("-C")
+            .arg(&rc)
+            .args(["--tls=off", &format!("--auth={auth}")])
+            .arg(format!("--passwordeval=cat {}", pwfile.display()))
+            .arg(format!("--delivery=maildir,{}", out.display()))
+            .args(["--keep=on", "--only-new=off", "--received-header=off"])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "mpop --auth={auth}: {}\n{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(fs::read_dir(out.join("new")).unwrap().count(), 1, "{auth}");
+    }
+}
