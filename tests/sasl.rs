@@ -715,3 +715,40 @@ fn mpop_scram_escaped_username_and_non_ascii_password() {
         assert_eq!(fs::read_dir(out.join("new")).unwrap().count(), 1, "{auth}");
     }
 }
+
+/// Each SCRAM client-first makes the server derive keys (4,096 PBKDF2 iterations for a
+/// plaintext password, and as many for an unknown user's made-up secret), and `*` ends the
+/// exchange. Cancelling is not a failed login, but a client that starts and cancels exchanges
+/// without end must not get unlimited key derivations on one connection: each cancel counts
+/// as an invalid command, so `max_bad_commands` ends the loop.
+#[test]
+fn endless_scram_start_and_cancel_is_cut_off() {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    fx.config("[limits]\nmax_bad_commands = 5\n");
+    let server = Server::start(&fx, &[]);
+    let mut c = Pop3Client::connect(server.addr);
+    let first = b64("n,,n=alice,r=abcdefgh");
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        let sf = c.cmd(&format!("AUTH SCRAM-SHA-256 {first}"));
+        assert!(sf.starts_with("+ "), "{sf}");
+        replies.push(c.cmd("*"));
+    }
+    assert_eq!(
+        replies,
+        [
+            "-ERR Authentication cancelled.",
+            "-ERR Authentication cancelled.",
+            "-ERR Authentication cancelled.",
+            "-ERR Authentication cancelled.",
+            "-ERR Too many invalid commands, closing connection."
+        ]
+    );
+    assert!(c.read_to_end().is_empty());
+    // A cancel now and then does not stop a client from logging in.
+    let mut c = Pop3Client::connect(server.addr);
+    assert_eq!(c.cmd("AUTH PLAIN"), "+ ");
+    assert_eq!(c.cmd("*"), "-ERR Authentication cancelled.");
+    assert_eq!(auth_plain(&mut c, "alice", "pw"), "+OK Logged in.");
+}

@@ -39,9 +39,9 @@
 //! LOGIN end in the same [`LoginRequest::Pass`] as USER/PASS and follow the same plaintext
 //! policy; CRAM-MD5 ends in [`LoginRequest::CramMd5`], SCRAM in [`LoginRequest::Scram`]
 //! (the session checks nonce and channel-binding data; the proof is checked by the runtime).
-//! `AUTH` alone lists the mechanisms. Malformed base64 or messages, over-long responses and
-//! unknown mechanisms are `-ERR` and count as invalid commands; a refused authorization
-//! identity or a SCRAM nonce mismatch counts as a failed login.
+//! `AUTH` alone lists the mechanisms. Malformed base64 or messages, over-long responses,
+//! unknown mechanisms and cancelled exchanges are `-ERR` and count as invalid commands; a
+//! refused authorization identity or a SCRAM nonce mismatch counts as a failed login.
 //!
 //! Time never enters the session: the runtime owns timeouts and delays.
 
@@ -981,7 +981,9 @@ impl<M: Maildrop> Session<M> {
         self.exchange = None;
         self.decoder.set_sasl(false);
         match e {
-            SaslError::Cancelled => err(out, e.reply()),
+            // Not a failed login, but an invalid command: each SCRAM client-first costs the
+            // server a key derivation, and start-and-cancel must not loop without end.
+            SaslError::Cancelled => self.bad(out, e.reply()),
             SaslError::AuthzidRefused | SaslError::NonceMismatch | SaslError::BindingMismatch => {
                 self.auth_failed(out, e.reply())
             }
