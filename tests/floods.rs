@@ -346,3 +346,75 @@ fn stalled_tls_handshakes_are_cut_off() {
     }
     normal_session(server.addr);
 }
+
+/// The admin address from `corepop: metrics on http://ADDR/metrics`.
+fn metrics_addr(server: &Server) -> SocketAddr {
+    let end = Instant::now() + T;
+    loop {
+        if let Some(a) = server
+            .stdout_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("corepop: metrics on http://"))
+            .and_then(|r| r.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok())
+        {
+            return a;
+        }
+        assert!(Instant::now() < end, "metrics address not announced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scrape, with `T` as the upper bound for the whole answer.
+fn scrape(admin: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(admin)?;
+    s.set_read_timeout(Some(T))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[test]
+fn slow_metrics_clients_do_not_stop_scrapes() {
+    let (fx, _) = setup("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let server = Server::start(&fx, &[]);
+    let admin = metrics_addr(&server);
+    // Clients that connect first: a slowloris sending its request head one byte every 200 ms
+    // (each byte well within any per-read timeout), and some that never send anything.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut slow = TcpStream::connect(admin).unwrap();
+    let trickler = {
+        let stop = stop.clone();
+        let mut slow = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in b"GET /metrics HTTP/1.1\r\nX-Slow: "
+                .iter()
+                .chain([b'a'; 4096].iter())
+            {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || slow.write_all(&[*b]).is_err()
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(admin).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Prometheus still gets its answer…
+    let text = scrape(admin).expect("scrape while slow clients are connected");
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    assert!(
+        text.ends_with("# EOF\n") || text.ends_with("# EOF"),
+        "{text}"
+    );
+    // …and the slowloris is cut off by a deadline for the whole request, not kept for as
+    // long as it trickles.
+    let cut = closed_within(&mut slow, Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickler.join().unwrap();
+    assert!(cut, "a client trickling its request head was never cut off");
+    drop(silent);
+    normal_session(server.addr);
+}

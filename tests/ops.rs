@@ -1116,3 +1116,44 @@ fn a_session_holds_its_maildrop_open_only_once_it_retrieves() {
         descriptors_on(pid, &maildir) == 0
     });
 }
+
+/// One raw HTTP exchange with the admin listener.
+fn http(admin: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r
+}
+
+#[test]
+fn metrics_endpoint_http_edges() {
+    let fx = fixture("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let srv = Server::start(&fx, &[]);
+    let admin = metrics_addr(&srv);
+    // A query string (Prometheus' `params` scrape setting adds one) still names /metrics.
+    let r = http(
+        admin,
+        b"GET /metrics?module=pop3 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+    assert!(r.contains(
+        "\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+    ));
+    assert!(r.ends_with("# EOF\n"), "{r}");
+    // HEAD: the same headers, no body (RFC 9110 §9.3.2).
+    let r = http(admin, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\n"), "a body after HEAD: {r}");
+    // Other methods: 405 with the Allow header RFC 9110 §15.5.6 requires.
+    let r = http(
+        admin,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert!(r.starts_with("HTTP/1.0 405"), "{r}");
+    assert!(r.contains("\r\nAllow: GET, HEAD\r\n"), "{r}");
+    // A request line sent with bare LFs is understood too.
+    let r = http(admin, b"GET /metrics HTTP/1.0\n\n");
+    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+}
