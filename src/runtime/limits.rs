@@ -6,6 +6,9 @@
 //! by dropping the slot objects, so every way a connection ends gives its place back.
 //!
 //! The client address is the one the PROXY header carried when the listener speaks PROXY.
+//! `max_connections_per_ip` counts an IPv4 address as itself whether it arrives as IPv4 or
+//! IPv4-mapped IPv6 (`::ffff:a.b.c.d`, how a dual-stack listener sees IPv4 clients), and IPv6
+//! clients by their /64: one host usually owns a whole /64 and can pick any address in it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -85,6 +88,7 @@ impl ConnLimits {
 
     /// Takes a place for a new connection from `ip`.
     pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refused> {
+        let ip = per_ip_key(ip);
         let mut t = self.lock();
         let s = t.settings;
         if s.max_connections > 0 && t.total >= s.max_connections {
@@ -140,6 +144,15 @@ impl ConnLimits {
     }
 }
 
+/// The address `max_connections_per_ip` counts `ip` under: IPv4 (plain or IPv4-mapped) as
+/// itself, IPv6 as its /64.
+fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// A connection's place in the table; dropping it gives the place back.
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
@@ -151,7 +164,7 @@ impl Drop for ConnSlot {
         let mut t = self.limits.lock();
         t.total = t.total.saturating_sub(1);
         if let Some(n) = t.per_ip.get_mut(&self.ip) {
-            *n -= 1;
+            *n = n.saturating_sub(1);
             if *n == 0 {
                 t.per_ip.remove(&self.ip);
             }
@@ -215,5 +228,30 @@ mod tests {
         drop(l.login("bob", None).unwrap());
         // A per-user override of 0 lets the user in at once.
         drop(l.login("alice", Some(Duration::ZERO)).unwrap());
+    }
+
+    #[test]
+    fn per_ip_counts_mapped_ipv4_as_ipv4_and_ipv6_by_slash_64() {
+        let l = ConnLimits::new(Settings {
+            max_per_ip: 1,
+            ..Settings::default()
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
+        let _v4 = l.connect(ip("192.0.2.1")).unwrap();
+        assert_eq!(
+            l.connect(ip("::ffff:192.0.2.1")).err(),
+            Some(Refused::PerIp)
+        );
+        // One IPv6 host owns a whole /64 and can pick any address in it.
+        let v6 = l.connect(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(
+            l.connect(ip("2001:db8:1:2:dead:beef::9")).err(),
+            Some(Refused::PerIp)
+        );
+        let _other = l.connect(ip("2001:db8:1:3::1")).unwrap();
+        drop(v6);
+        let _again = l.connect(ip("2001:db8:1:2::7")).unwrap();
+        assert!(l.lock().per_ip.len() == 3);
     }
 }
