@@ -1,7 +1,8 @@
 //! Per-IP failed-login penalties (like Dovecot's anvil: 2 → 4 → 8 → 15 s).
 //!
 //! A [`Penalties`] table counts failed logins per client address: IPv4 addresses one by
-//! one, IPv6 by /64 (one host usually owns a whole /64). The delay for `n` failures is
+//! one, IPv6 by /48 like Dovecot's `auth-penalty.c` (`PENALTY_IPV6_MASK_BITS`), so a client
+//! given a /48 cannot start afresh from each of its 65,536 /64s. The delay for `n` failures is
 //! `base · 2^(n-1)`, at most `max`; a quiet period of `reset_after` since the last failure
 //! forgets the address; a successful login clears it.
 //!
@@ -41,13 +42,16 @@ impl PenaltyPolicy {
     }
 }
 
-/// The key of an address: IPv4 (and IPv4-mapped IPv6) exact, IPv6 by its /64.
+/// Bits of an IPv6 address that name its penalty entry (Dovecot's `PENALTY_IPV6_MASK_BITS`).
+pub const IPV6_PREFIX_BITS: u32 = 48;
+
+/// The key of an address: IPv4 (and IPv4-mapped IPv6) exact, IPv6 by its /48.
 pub fn ip_key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u32::from(v4) as u128,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => u32::from(v4) as u128,
-            None => u128::from(v6) & !((1u128 << 64) - 1),
+            None => u128::from(v6) & !((1u128 << (128 - IPV6_PREFIX_BITS)) - 1),
         },
     }
 }
@@ -193,12 +197,18 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_by_slash_64_and_mapped_v4() {
+    fn ipv6_by_slash_48_and_mapped_v4() {
+        // Dovecot's auth-penalty.c: PENALTY_IPV6_MASK_BITS 48, so a client holding a /48
+        // (65,536 /64s) cannot start afresh from each of its subnets.
         let a = ip_key("2001:db8:1:2::1".parse().unwrap());
         let b = ip_key("2001:db8:1:2:ffff::9".parse().unwrap());
         let c = ip_key("2001:db8:1:3::1".parse().unwrap());
+        let d = ip_key("2001:db8:1:ffff::1".parse().unwrap());
+        let e = ip_key("2001:db8:2::1".parse().unwrap());
         assert_eq!(a, b);
-        assert_ne!(a, c);
+        assert_eq!(a, c);
+        assert_eq!(a, d);
+        assert_ne!(a, e);
         assert_eq!(
             ip_key("::ffff:192.0.2.1".parse().unwrap()),
             ip_key("192.0.2.1".parse().unwrap())
