@@ -318,6 +318,29 @@ fn login_delay_and_expire_are_advertised_and_enforced() {
     // Wrong password: still an ordinary failure, the delay does not reveal the password.
     assert!(!try_login(srv.addr, "alice", "nope").contains("LOGIN-DELAY"));
     assert!(try_login(srv.addr, "bob", "pw").starts_with("+OK"));
+
+    // A login refused after the password (the maildrop held by a session on another host)
+    // does not start the delay: once the lock is gone, the user gets in.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(fx.passwd_path())
+        .unwrap()
+        .write_all(b"carol:{PLAIN}pw::::::\n")
+        .unwrap();
+    let carol = fx.maildir("carol");
+    for d in ["new", "cur", "tmp"] {
+        fs::create_dir_all(carol.join(d)).unwrap();
+    }
+    srv.signal(libc::SIGHUP);
+    let lock = carol.join("corepop-pop3.lock");
+    fs::write(&lock, "1 1 other-host 1\n").unwrap();
+    eventually("carol known after the reload", || {
+        try_login(srv.addr, "carol", "pw").starts_with("-ERR [IN-USE]")
+    });
+    fs::write(&lock, "").unwrap();
+    let r = try_login(srv.addr, "carol", "pw");
+    assert!(r.starts_with("+OK"), "{r}");
+    assert!(try_login(srv.addr, "carol", "pw").starts_with("-ERR [LOGIN-DELAY]"));
 }
 
 fn proxy_fixture(trusted: &str) -> (Fixture, Server) {

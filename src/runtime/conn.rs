@@ -1398,21 +1398,24 @@ fn login_blocking(shared: &Shared, req: LoginRequest, scram: Option<ScramSecret>
         }
     };
     match Snapshot::load_with(&root, &shared.mail_opts, Some(&shared.index_cache)) {
-        Ok(snapshot) => Login::Ok {
-            user: info.user,
-            lock,
-            snapshot,
-            user_slot,
-            login_delay: own_delay,
-            scram_signature: match &cred {
-                Credential::Scram {
-                    secret,
-                    auth_message,
-                    ..
-                } => Some(scheme::scram_server_signature(secret, auth_message)),
-                _ => None,
-            },
-        },
+        Ok(snapshot) => {
+            user_slot.logged_in();
+            Login::Ok {
+                user: info.user,
+                lock,
+                snapshot,
+                user_slot,
+                login_delay: own_delay,
+                scram_signature: match &cred {
+                    Credential::Scram {
+                        secret,
+                        auth_message,
+                        ..
+                    } => Some(scheme::scram_server_signature(secret, auth_message)),
+                    _ => None,
+                },
+            }
+        }
         Err(e) => {
             tracing::error!(user = %info.user, path = %root.display(), error = %e, "cannot read maildrop");
             io_failure(&e)

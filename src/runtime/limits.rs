@@ -107,7 +107,9 @@ impl ConnLimits {
     }
 
     /// Checks LOGIN-DELAY and the per-user limit for `user`, whose credentials were just
-    /// verified, and records the login. `delay` overrides the configured LOGIN-DELAY.
+    /// verified, and takes a place in the per-user count. `delay` overrides the configured
+    /// LOGIN-DELAY. The delay starts only at [`UserSlot::logged_in`]: a login refused later
+    /// (`[IN-USE]`, an I/O error) does not make the user's retry wait.
     pub fn login(
         self: &Arc<Self>,
         user: &str,
@@ -129,17 +131,10 @@ impl ConnLimits {
             return Err(Refused::PerUser);
         }
         t.per_user.insert(user.to_owned(), n + 1);
-        if !delay.is_zero() {
-            if t.last_login.len() > 100_000 {
-                // Forget entries whose delay has passed, so the map cannot grow without bound.
-                let keep = delay.max(s.login_delay);
-                t.last_login.retain(|_, at| now.duration_since(*at) < keep);
-            }
-            t.last_login.insert(user.to_owned(), now);
-        }
         Ok(UserSlot {
             limits: self.clone(),
             user: user.to_owned(),
+            delay,
         })
     }
 }
@@ -176,6 +171,26 @@ impl Drop for ConnSlot {
 pub struct UserSlot {
     limits: Arc<ConnLimits>,
     user: String,
+    /// The user's LOGIN-DELAY.
+    delay: Duration,
+}
+
+impl UserSlot {
+    /// The login went through (maildrop locked and read): the user's LOGIN-DELAY runs from
+    /// now.
+    pub fn logged_in(&self) {
+        if self.delay.is_zero() {
+            return;
+        }
+        let mut t = self.limits.lock();
+        let now = Instant::now();
+        if t.last_login.len() > 100_000 {
+            // Forget entries whose delay has passed, so the map cannot grow without bound.
+            let keep = self.delay.max(t.settings.login_delay);
+            t.last_login.retain(|_, at| now.duration_since(*at) < keep);
+        }
+        t.last_login.insert(self.user.clone(), now);
+    }
 }
 
 impl Drop for UserSlot {
@@ -223,9 +238,14 @@ mod tests {
             login_delay: Duration::from_secs(3600),
             ..Settings::default()
         });
+        // A login that failed after the password (the maildrop in use, an I/O error) does
+        // not start the delay: the retry goes through.
         drop(l.login("alice", None).unwrap());
+        let u = l.login("alice", None).unwrap();
+        u.logged_in();
+        drop(u);
         assert_eq!(l.login("alice", None).err(), Some(Refused::LoginDelay));
-        drop(l.login("bob", None).unwrap());
+        l.login("bob", None).unwrap().logged_in();
         // A per-user override of 0 lets the user in at once.
         drop(l.login("alice", Some(Duration::ZERO)).unwrap());
     }
