@@ -205,6 +205,9 @@ fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Penalty events queued for one core at most (about 40 bytes each).
+const PENALTY_QUEUE: usize = 1 << 16;
+
 /// Runs the server until SIGTERM or SIGINT. `on_ready` is called with the bound addresses
 /// (plaintext listeners first, then implicit-TLS ones) once every listener is open.
 pub fn serve(cfg: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
@@ -260,8 +263,12 @@ pub fn serve_opts(
     });
     let sasl = sasl_mechanisms(&cfg, &*auth);
     let policy = penalty_policy(&cfg);
+    // Bounded: a core drains its channel only when it handles a login, so one that handles
+    // none while the others take a flood of failures from many addresses would otherwise
+    // queue without limit. When full, events are dropped (`try_send`): that core then
+    // counts fewer of the flood's failures, and the cores that see them still do.
     let (penalty_tx, penalty_rx): (Vec<_>, Vec<_>) =
-        (0..threads).map(|_| flume::unbounded()).unzip();
+        (0..threads).map(|_| flume::bounded(PENALTY_QUEUE)).unzip();
     let penalty_rx = Arc::new(Mutex::new(
         penalty_rx.into_iter().enumerate().collect::<Vec<_>>(),
     ));
