@@ -459,6 +459,40 @@ fn penalties_grow_across_connections_and_cores() {
     );
 }
 
+/// A penalised address waits before a SCRAM exchange's key derivation too (PBKDF2 costs the
+/// server about 1 ms), not only before a password check. (No timing assertion: the wait is
+/// read from the log.)
+#[test]
+fn a_penalised_address_waits_before_scram_key_derivation() {
+    let mut fx = Fixture::new();
+    fx.add_user("alice", "pw");
+    fx.config("[auth]\nfailure_delay_ms = 5\nfailure_delay_max_ms = 20\n");
+    let server = Server::start(&fx, &[]);
+    let waits = || {
+        server
+            .stderr_text()
+            .matches("waits before the SCRAM exchange")
+            .count()
+    };
+    // Not penalised: no wait.
+    let mut c = Pop3Client::connect(server.addr);
+    assert_eq!(
+        auth_scram(&mut c, ScramAlg::Sha256, "alice", "pw"),
+        "+OK Logged in."
+    );
+    c.cmd("QUIT");
+    assert_eq!(waits(), 0);
+    let mut c = Pop3Client::connect(server.addr);
+    assert_eq!(
+        auth_plain(&mut c, "alice", "wrong"),
+        "-ERR [AUTH] Authentication failed."
+    );
+    assert_eq!(penalty_lines(&server, 1).len(), 1);
+    let mut c = Pop3Client::connect(server.addr);
+    assert!(auth_scram(&mut c, ScramAlg::Sha256, "alice", "wrong").starts_with("-ERR [AUTH]"));
+    assert_eq!(waits(), 1, "{}", server.stderr_text());
+}
+
 /// `corepop pw` hashes like `doveadm pw` and `-t` tests a hash.
 #[test]
 fn pw_subcommand() {

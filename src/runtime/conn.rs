@@ -557,10 +557,14 @@ impl Conn {
         req: LoginRequest,
         idle_timeout: Duration,
     ) -> io::Result<()> {
-        // A penalised address waits before any reply to its next attempt.
+        // A penalised address waits before any reply to its next attempt (a SCRAM attempt
+        // waited before its challenge: see `on_sasl_challenge`).
         let key = self.peer.map(|p| ip_key(p.ip()));
-        let owed = key.map_or(Duration::ZERO, |k| self.registry.penalty_delay(k));
         let scram = self.scram.take().map(|s| *s);
+        let owed = match (key, &scram) {
+            (Some(k), None) => self.registry.penalty_delay(k),
+            _ => Duration::ZERO,
+        };
         let result = self.login(req, scram).await;
         let mut outcome = None;
         let result = match result {
@@ -639,6 +643,18 @@ impl Conn {
                 session.sasl_challenge(out, &challenge, None);
             }
             mech => {
+                // A penalised address waits before the key derivation (PBKDF2 for a
+                // plaintext password or an unknown user, about 1 ms of CPU), as it waits
+                // before a password check: else it could have keys derived at full speed.
+                // The login that follows does not wait again for the same attempt.
+                let owed = self.peer.map_or(Duration::ZERO, |p| {
+                    self.registry.penalty_delay(ip_key(p.ip()))
+                });
+                if !owed.is_zero() {
+                    self.registry.metrics.penalty(Penalty::AuthFailureDelay);
+                    tracing::info!(peer = %Peer(self.peer), delay_ms = owed.as_millis() as u64, "penalised address waits before the SCRAM exchange");
+                    glommio::timer::sleep(owed).await;
+                }
                 let alg = scram_alg(mech);
                 let user = ch.user.clone().unwrap_or_default();
                 let auth = self.shared.auth.clone();
