@@ -10,7 +10,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Haproxy(Child);
@@ -43,8 +42,9 @@ fn wait_listening(addr: SocketAddr) {
     }
 }
 
-#[test]
-fn haproxy_in_front_passes_the_client_address_v1_and_v2() {
+/// corepop with alice's one message and a PROXY listener trusting 127.0.0.1; returns the
+/// fixture (keep it alive), the server and the PROXY listener's address.
+fn backend() -> (Fixture, Server, std::net::SocketAddr) {
     let mut fx = Fixture::new();
     fx.add_user("alice", "pw");
     fx.deliver(
@@ -61,6 +61,12 @@ fn haproxy_in_front_passes_the_client_address_v1_and_v2() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let backend = srv.addrs()[1];
+    (fx, srv, backend)
+}
+
+#[test]
+fn haproxy_in_front_passes_the_client_address_v1_and_v2() {
+    let (_fx, srv, backend) = backend();
 
     let (p1, p2) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     let dir = temp_dir("corepop-haproxy-");
@@ -124,17 +130,10 @@ fn start_haproxy(cfg: &Path) -> Haproxy {
 /// Writes a CA (returned as PEM) and, to `pem`, a `localhost` certificate it signed followed
 /// by its key, as HAProxy's `crt` wants them.
 fn make_certs(pem: &Path) -> String {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    std::fs::write(pem, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
-    ca.as_ref().pem()
+    let ca = common::TestCa::new("haproxy test CA");
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    std::fs::write(pem, format!("{cert}{key}")).unwrap();
+    ca.ca_pem()
 }
 
 /// A TLS client of `addr` trusting `ca_pem`.
@@ -142,20 +141,9 @@ fn tls_connect(
     addr: SocketAddr,
     ca_pem: &str,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = common::tls_client_config(ca_pem.as_bytes());
     let conn = rustls::ClientConnection::new(
-        Arc::new(config),
+        config,
         rustls::pki_types::ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();
@@ -189,23 +177,8 @@ impl<S: Read + Write> Lines<S> {
 
 #[test]
 fn haproxy_terminating_tls_with_send_proxy_v2_ssl_lets_tls_clients_log_in() {
-    let mut fx = Fixture::new();
-    fx.add_user("alice", "pw");
-    fx.deliver(
-        "alice",
-        "new",
-        "1700000001.M1P1.h",
-        b"Subject: x\r\n\r\nhi\r\n",
-    );
     // No proxy.plaintext_auth: only the header's PP2_CLIENT_SSL can allow USER/PASS.
-    fx.config("[proxy]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n");
-    let srv = Server::start(&fx, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.addrs().len() < 2 {
-        assert!(Instant::now() < deadline, "proxy listener not announced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let backend = srv.addrs()[1];
+    let (_fx, srv, backend) = backend();
 
     let dir = temp_dir("corepop-haproxy-ssl-");
     let pem = dir.path().join("pop3.pem");

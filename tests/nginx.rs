@@ -305,31 +305,16 @@ struct Certs {
 
 /// A CA and a `localhost` certificate it signed, for nginx's STLS.
 fn make_certs(dir: &Path) -> Certs {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, "nginx test CA");
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = p.signed_by(&key, &ca).unwrap();
+    let ca = common::TestCa::new("nginx test CA");
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
     let certs = Certs {
         ca: dir.join("ca.pem"),
         cert: dir.join("nginx.pem"),
         key: dir.join("nginx.key"),
     };
-    std::fs::write(&certs.ca, ca.as_ref().pem()).unwrap();
-    std::fs::write(&certs.cert, cert.pem()).unwrap();
-    std::fs::write(&certs.key, key.serialize_pem()).unwrap();
+    std::fs::write(&certs.ca, ca.ca_pem()).unwrap();
+    std::fs::write(&certs.cert, cert).unwrap();
+    std::fs::write(&certs.key, key).unwrap();
     certs
 }
 
@@ -337,20 +322,9 @@ fn tls_over(
     sock: TcpStream,
     ca: &Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = common::tls_client_config(&std::fs::read(ca).unwrap());
     let conn = rustls::ClientConnection::new(
-        Arc::new(config),
+        config,
         rustls::pki_types::ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();

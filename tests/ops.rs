@@ -46,6 +46,21 @@ fn try_login(addr: SocketAddr, user: &str, pass: &str) -> String {
     r
 }
 
+/// USER/PASS as alice on `c`, whose PROXY header named 192.0.2.7:40001, must succeed
+/// (`what` says how the connection came), and the login must be logged with that address.
+fn log_in_as_the_remote_client(c: &mut Raw, srv: &Server, what: &str) {
+    let r = c.cmd("USER alice");
+    assert!(r.starts_with("+OK"), "USER {what}: {r}");
+    let r = c.cmd("PASS pw");
+    assert!(r.starts_with("+OK"), "PASS {what}: {r}");
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    eventually("login logged with the client's address", || {
+        srv.stderr_text()
+            .lines()
+            .any(|l| l.contains("login") && l.contains("peer=192.0.2.7:40001"))
+    });
+}
+
 /// A line-based client over any stream that already carries what a proxy would send.
 struct Raw {
     reader: BufReader<TcpStream>,
@@ -423,22 +438,7 @@ fn proxy_plaintext_auth_accepts_user_pass_from_a_tls_terminating_proxy() {
 
     let mut c = Raw::connect(proxy, b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 110\r\n");
     assert!(c.line().unwrap().starts_with("+OK"));
-    let r = c.cmd("USER alice");
-    assert!(
-        r.starts_with("+OK"),
-        "USER through the TLS-terminating proxy: {r}"
-    );
-    let r = c.cmd("PASS pw");
-    assert!(
-        r.starts_with("+OK"),
-        "PASS through the TLS-terminating proxy: {r}"
-    );
-    assert!(c.cmd("QUIT").starts_with("+OK"));
-    eventually("login logged with the client's address", || {
-        srv.stderr_text()
-            .lines()
-            .any(|l| l.contains("login") && l.contains("peer=192.0.2.7:40001"))
-    });
+    log_in_as_the_remote_client(&mut c, &srv, "through the TLS-terminating proxy");
 }
 
 /// The CAPA list (without the `+OK` and `.` lines), on a [`Raw`] connection.
@@ -502,22 +502,7 @@ fn proxy_v2_ssl_tlv_allows_plaintext_auth_for_a_client_that_used_tls() {
     );
     assert!(!capa.iter().any(|l| l == "STLS"), "{capa:?}");
     assert_eq!(c.cmd("STLS"), "-ERR TLS is already active.");
-    let r = c.cmd("USER alice");
-    assert!(
-        r.starts_with("+OK"),
-        "USER after a TLS client's header: {r}"
-    );
-    let r = c.cmd("PASS pw");
-    assert!(
-        r.starts_with("+OK"),
-        "PASS after a TLS client's header: {r}"
-    );
-    assert!(c.cmd("QUIT").starts_with("+OK"));
-    eventually("login logged with the client's address", || {
-        srv.stderr_text()
-            .lines()
-            .any(|l| l.contains("login") && l.contains("peer=192.0.2.7:40001"))
-    });
+    log_in_as_the_remote_client(&mut c, &srv, "after a TLS client's header");
 
     // The SSL TLV without PP2_CLIENT_SSL (HAProxy: a client without TLS), or no TLV at all.
     for header in [with_ssl(0x00), v2_header(src, proxy)] {

@@ -577,16 +577,67 @@ fn curl_sasl_mechanisms() {
     }
 }
 
-/// mpop (GNU SASL) with SCRAM-SHA-256, SCRAM-SHA-1 and CRAM-MD5.
-#[test]
-fn mpop_scram_and_cram() {
-    let has_gsasl = Command::new("mpop")
+/// Whether the installed mpop can do SCRAM (GNU SASL); says so when it cannot.
+fn mpop_has_scram() -> bool {
+    let has = Command::new("mpop")
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("scram-sha-256"))
         .unwrap_or(false);
-    if !has_gsasl {
+    if !has {
         eprintln!("SKIPPED: mpop with SCRAM support is not installed");
+    }
+    has
+}
+
+/// Runs mpop for `user` against `server` with `--auth=auth` and the password in `pwfile`,
+/// keeping the mail on the server; asserts it succeeded and returns the Maildir it
+/// delivered into.
+fn mpop_fetch(
+    fx: &Fixture,
+    server: &Server,
+    user: &str,
+    auth: &str,
+    pwfile: &std::path::Path,
+) -> std::path::PathBuf {
+    let out = fx.path().join(format!("mpop-out-{auth}"));
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(out.join(sub)).unwrap();
+    }
+    let rc = fx.path().join(format!("mpoprc-{auth}"));
+    fs::write(
+        &rc,
+        format!(
+            "defaults\naccount t\nhost 127.0.0.1\nport {}\nuser {user}\n\
+             uidls_file {}\naccount default : t\n",
+            server.addr.port(),
+            fx.path().join(format!("mpop-uidls-{auth}")).display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
+    let run = Command::new("mpop")
+        .arg("-C")
+        .arg(&rc)
+        .args(["--tls=off", &format!("--auth={auth}")])
+        .arg(format!("--passwordeval=cat {}", pwfile.display()))
+        .arg(format!("--delivery=maildir,{}", out.display()))
+        .args(["--keep=on", "--only-new=off", "--received-header=off"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "mpop --auth={auth}: {}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// mpop (GNU SASL) with SCRAM-SHA-256, SCRAM-SHA-1 and CRAM-MD5.
+#[test]
+fn mpop_scram_and_cram() {
+    if !mpop_has_scram() {
         return;
     }
     let mut fx = Fixture::new();
@@ -596,37 +647,7 @@ fn mpop_scram_and_cram() {
     let pwfile = fx.path().join("mpop-password");
     fs::write(&pwfile, "s3cret").unwrap();
     for auth in ["scram-sha-256", "scram-sha-1", "cram-md5"] {
-        let out = fx.path().join(format!("mpop-out-{auth}"));
-        for sub in ["cur", "new", "tmp"] {
-            fs::create_dir_all(out.join(sub)).unwrap();
-        }
-        let rc = fx.path().join(format!("mpoprc-{auth}"));
-        fs::write(
-            &rc,
-            format!(
-                "defaults\naccount t\nhost 127.0.0.1\nport {}\nuser alice\n\
-                 uidls_file {}\naccount default : t\n",
-                server.addr.port(),
-                fx.path().join(format!("mpop-uidls-{auth}")).display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
-        let run = Command::new("mpop")
-            .arg("-C")
-            .arg(&rc)
-            .args(["--tls=off", &format!("--auth={auth}")])
-            .arg(format!("--passwordeval=cat {}", pwfile.display()))
-            .arg(format!("--delivery=maildir,{}", out.display()))
-            .args(["--keep=on", "--only-new=off", "--received-header=off"])
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "mpop --auth={auth}: {}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let out = mpop_fetch(&fx, &server, "alice", auth, &pwfile);
         let got: Vec<_> = fs::read_dir(out.join("new"))
             .unwrap()
             .map(|e| fs::read(e.unwrap().path()).unwrap())
@@ -690,13 +711,7 @@ fn fetchmail_cram_md5() {
 /// keys from the stored password as the client, so that user logs in with SCRAM and PLAIN.
 #[test]
 fn mpop_scram_escaped_username_and_non_ascii_password() {
-    let has_gsasl = Command::new("mpop")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("scram-sha-256"))
-        .unwrap_or(false);
-    if !has_gsasl {
-        eprintln!("SKIPPED: mpop with SCRAM support is not installed");
+    if !mpop_has_scram() {
         return;
     }
     let (user, pw) = ("a=b,c", "pässwörd €");
@@ -715,37 +730,7 @@ fn mpop_scram_escaped_username_and_non_ascii_password() {
     let pwfile = fx.path().join("mpop-password");
     fs::write(&pwfile, pw).unwrap();
     for auth in ["scram-sha-256", "plain"] {
-        let out = fx.path().join(format!("mpop-out-{auth}"));
-        for sub in ["cur", "new", "tmp"] {
-            fs::create_dir_all(out.join(sub)).unwrap();
-        }
-        let rc = fx.path().join(format!("mpoprc-{auth}"));
-        fs::write(
-            &rc,
-            format!(
-                "defaults\naccount t\nhost 127.0.0.1\nport {}\nuser {user}\n\
-                 uidls_file {}\naccount default : t\n",
-                server.addr.port(),
-                fx.path().join(format!("mpop-uidls-{auth}")).display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
-        let run = Command::new("mpop")
-            .arg("-C")
-            .arg(&rc)
-            .args(["--tls=off", &format!("--auth={auth}")])
-            .arg(format!("--passwordeval=cat {}", pwfile.display()))
-            .arg(format!("--delivery=maildir,{}", out.display()))
-            .args(["--keep=on", "--only-new=off", "--received-header=off"])
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "mpop --auth={auth}: {}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let out = mpop_fetch(&fx, &server, user, auth, &pwfile);
         assert_eq!(fs::read_dir(out.join("new")).unwrap().count(), 1, "{auth}");
     }
 }

@@ -36,39 +36,22 @@ struct Certs {
 }
 
 fn make_certs(dir: &Path) -> Certs {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, "corepop test CA");
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let ca = common::TestCa::new("corepop test CA");
     let leaf = |cn: &str, names: &[&str], tag: &str| -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &ca).unwrap();
+        let (cert, key) = ca.leaf(cn, names);
         let (cp, kp) = (
             dir.join(format!("{tag}.pem")),
             dir.join(format!("{tag}.key")),
         );
-        fs::write(&cp, cert.pem()).unwrap();
-        fs::write(&kp, key.serialize_pem()).unwrap();
+        fs::write(&cp, cert).unwrap();
+        fs::write(&kp, key).unwrap();
         fs::set_permissions(&kp, fs::Permissions::from_mode(0o600)).unwrap();
         (cp, kp)
     };
     let (cert, key) = leaf("corepop-default", &["localhost", "127.0.0.1"], "default");
     let (sni_cert, sni_key) = leaf("corepop-sni", &["pop.example.org"], "sni");
     let ca_path = dir.join("ca.pem");
-    fs::write(&ca_path, ca.as_ref().pem()).unwrap();
+    fs::write(&ca_path, ca.ca_pem()).unwrap();
     Certs {
         ca: ca_path,
         cert,
@@ -297,19 +280,7 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 
 fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
+    common::tls_client_config(&fs::read(ca).unwrap())
 }
 
 type TlsConn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
