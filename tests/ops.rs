@@ -905,20 +905,28 @@ fn refuses_to_serve_as_root_without_permission() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
 }
 
-#[test]
-fn drops_root_privileges_to_the_configured_user() {
+/// As root: a fixture whose server drops to `nobody`, its files owned by `nobody` (the mail
+/// user must be able to read them, as with vmail in production). Not root: `None`, skipped.
+fn fixture_for_nobody() -> Option<Fixture> {
     if !is_root() {
         eprintln!("skipped: not running as root");
-        return;
+        return None;
     }
     let fx = fixture("[privileges]\nuser = \"nobody\"\n");
-    // The mail user must be able to read its files (as with vmail in production).
     let st = Command::new("chown")
         .args(["-R", "nobody:"])
         .arg(fx.path())
         .status()
         .unwrap();
     assert!(st.success());
+    Some(fx)
+}
+
+#[test]
+fn drops_root_privileges_to_the_configured_user() {
+    let Some(fx) = fixture_for_nobody() else {
+        return;
+    };
     let srv = Server::start(&fx, &[]);
     let status = fs::read_to_string(format!("/proc/{}/status", srv.pid().unwrap())).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -953,17 +961,9 @@ fn drops_root_privileges_to_the_configured_user() {
 #[test]
 fn warns_at_start_up_of_files_a_reload_could_not_read() {
     use std::os::unix::fs::PermissionsExt;
-    if !is_root() {
-        eprintln!("skipped: not running as root");
+    let Some(fx) = fixture_for_nobody() else {
         return;
-    }
-    let fx = fixture("[privileges]\nuser = \"nobody\"\n");
-    let st = Command::new("chown")
-        .args(["-R", "nobody:"])
-        .arg(fx.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    };
     // Root's only, as a careless `install -m 600` leaves it.
     std::os::unix::fs::chown(fx.passwd_path(), Some(0), Some(0)).unwrap();
     fs::set_permissions(fx.passwd_path(), fs::Permissions::from_mode(0o600)).unwrap();
