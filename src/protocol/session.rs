@@ -234,7 +234,6 @@ pub struct Stats {
     pub retr: u32,
     pub retr_octets: u64,
     pub deleted: u32,
-    pub deleted_octets: u64,
     pub messages: u32,
     pub size: u64,
 }
@@ -1142,7 +1141,6 @@ impl<M: Maildrop> Session<M> {
         if let State::Transaction(t) = &self.state {
             let n = t.deleted_count;
             self.stats.deleted = (n - failed.min(n)) as u32;
-            self.stats.deleted_octets = t.deleted_octets;
             if failed == 0 {
                 out.extend_from_slice(b"+OK Logging out, ");
                 put_num(out, n as u64);
