@@ -32,8 +32,9 @@ const POPULATE_LIMIT: u64 = 64 << 20;
 
 /// Opens a message file for reading. Symbolic links are not followed (`O_NOFOLLOW`) and only
 /// regular files are accepted (a FIFO cannot block the open: `O_NONBLOCK`): a user who can
-/// write into their Maildir must not make the server read other files.
-pub fn open_message(path: &Path) -> io::Result<File> {
+/// write into their Maildir must not make the server read other files. Also returns the
+/// file's size (from the same `fstat` that checks its type).
+pub fn open_message(path: &Path) -> io::Result<(File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -51,20 +52,20 @@ pub fn open_message(path: &Path) -> io::Result<File> {
 /// would write.
 pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = open_message(path)?;
+    let (file, len) = open_message(path)?;
     let take = limit.saturating_add(1);
-    let len = file.metadata()?.len();
     let mut bytes = Vec::with_capacity(len.min(take) as usize);
     file.take(take).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
-/// `file`, if it is a regular file.
-fn regular(file: File) -> io::Result<File> {
-    if !file.metadata()?.is_file() {
+/// `file` and its size, if it is a regular file.
+fn regular(file: File) -> io::Result<(File, u64)> {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(not_regular());
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 fn not_regular() -> io::Error {
@@ -80,12 +81,7 @@ fn not_regular() -> io::Error {
 /// Returns the file and its size.
 pub fn open_message_cached(dir: Option<BorrowedFd<'_>>, path: &CStr) -> io::Result<(File, u64)> {
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let file = File::from(openat2_cached(dir, path, flags)?);
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(not_regular());
-    }
-    Ok((file, meta.len()))
+    regular(File::from(openat2_cached(dir, path, flags)?))
 }
 
 /// A handle (`O_PATH`) on the directory `path`, from the kernel's caches alone, to resolve
@@ -175,8 +171,8 @@ pub fn read_at_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<us
 /// Reads a whole message file (opened as [`open_message`] does), without mapping it.
 pub fn read_message(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut f = open_message(path)?;
-    let mut v = Vec::with_capacity(f.metadata()?.len() as usize);
+    let (mut f, len) = open_message(path)?;
+    let mut v = Vec::with_capacity(len as usize);
     f.read_to_end(&mut v)?;
     Ok(v)
 }
@@ -194,12 +190,12 @@ impl MappedFile {
     /// Symbolic links are not followed (`O_NOFOLLOW`), and only regular files are mapped: a
     /// user who can write into their Maildir must not make the server read other files.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::from_file(&open_message(path)?)
+        let (file, len) = open_message(path)?;
+        Self::from_file(&file, len)
     }
 
-    /// Maps an open file.
-    pub fn from_file(file: &File) -> io::Result<Self> {
-        let len = file.metadata()?.len();
+    /// Maps an open file of `len` octets (its size when opened, see [`open_message`]).
+    pub fn from_file(file: &File, len: u64) -> io::Result<Self> {
         if len == 0 {
             return Ok(Self { map: None });
         }

@@ -241,8 +241,9 @@ impl Snapshot {
     }
 
     /// Opens message `index` for reading. If another agent moved it (new/ → cur/, or changed
-    /// its flags) it is found again by its base name. `NotFound` means it is gone.
-    pub fn open_file(&self, index: usize) -> io::Result<std::fs::File> {
+    /// its flags) it is found again by its base name. `NotFound` means it is gone. Also
+    /// returns the file's size, as [`Snapshot::open_file_cached`] does.
+    pub fn open_file(&self, index: usize) -> io::Result<(std::fs::File, u64)> {
         match map::open_message(&self.path(index)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let base = self.base(index);
@@ -774,7 +775,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            std::io::read_to_string(s.open_file(2).unwrap()).unwrap(),
+            std::io::read_to_string(s.open_file(2).unwrap().0).unwrap(),
             "a\nb\n"
         );
         assert_eq!(s.commit(&[0, 2]), 0);
@@ -813,7 +814,7 @@ mod tests {
         assert!(s.open_file_cached(1, Some(handle.as_fd())).is_err());
         assert!(s.open_file_cached(1, None).is_err());
         assert_eq!(
-            io::read_to_string(s.open_file(1).unwrap()).unwrap(),
+            io::read_to_string(s.open_file(1).unwrap().0).unwrap(),
             "in new\n"
         );
         // Only regular files, and no symbolic link as the message.

@@ -733,10 +733,7 @@ impl Conn {
             None => {
                 self.registry.metrics.blocking_read();
                 let snapshot = snapshot.clone();
-                off_executor(move || open_body(&snapshot, index, zero_copy))
-                    .await
-                    .map_err(io::Error::from)
-                    .and_then(|r| r)
+                flat(off_executor(move || open_body(&snapshot, index, zero_copy)).await)
             }
         };
         match opened {
@@ -798,10 +795,7 @@ impl Conn {
 
     async fn release_lock(&mut self) {
         if let Some(lock) = self.lock.take() {
-            let r = off_executor(move || lock.release())
-                .await
-                .map_err(io::Error::from)
-                .and_then(|r| r);
+            let r = flat(off_executor(move || lock.release()).await);
             if let Err(e) = r {
                 tracing::warn!(error = %e, "could not release maildrop lock");
             }
@@ -1179,11 +1173,15 @@ impl From<Panicked> for io::Error {
     }
 }
 
+/// The result of blocking I/O work, a panic in it counting as an I/O error.
+fn flat<T>(r: Result<io::Result<T>, Panicked>) -> io::Result<T> {
+    r?
+}
+
 /// Opens message `index` (blocking): mapped for zero-copy, or with its first chunk read.
 fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<Body> {
     use std::os::unix::fs::FileExt;
-    let file = snapshot.open_file(index)?;
-    let end = file.metadata()?.len();
+    let (file, end) = snapshot.open_file(index)?;
     // Sent as stored only if it still has the size the index recorded: Maildir files are
     // never rewritten in place, but a tool that rewrites one anyway (changing its size, as
     // nearly any edit does) must not get its raw bytes sent: a "." line in them would end
@@ -1197,7 +1195,7 @@ fn open_body(snapshot: &Snapshot, index: usize, zero_copy: bool) -> io::Result<B
         let mut head = [0u8; mailbox::COMPRESSION_MAGIC_LEN];
         let n = file.read_at(&mut head, 0)?;
         refuse_compressed(&head[..n])?;
-        let map = MappedFile::from_file(&file)?;
+        let map = MappedFile::from_file(&file, end)?;
         let mut last = [b'\n'];
         if !map.is_empty() {
             file.read_exact_at(&mut last, map.len() as u64 - 1)?;
