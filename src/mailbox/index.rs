@@ -301,34 +301,20 @@ fn salvage(bytes: &[u8]) -> Loaded {
     }
 }
 
-/// The longest record line [`encode`] writes, with room to spare: a base name of up to
-/// `NAME_MAX` (255) octets, three 20-digit numbers, a UID, a UIDL of up to 70 octets.
-const MAX_RECORD: u64 = 512;
-/// An index may always be this long (the head line, and records of messages removed by
-/// another agent since it was written).
-const MIN_LIMIT: u64 = 16 << 20;
-
 /// Reads the index of the Maildir at `root`, where `listed` messages were just listed;
 /// without records when missing or invalid (a damaged one still gives its `uidl` line when
 /// that line is whole).
 ///
-/// Only a regular file is read (no symbolic link, FIFO or device: a user who can write into
-/// their Maildir must not make the server read other files or wait forever), and only as
-/// much of it as an index of that many messages can need (at least 16 MiB): a huge
-/// sparse file costs neither disk nor quota, and must not cost the server its memory.
+/// Only a regular file is read, and only if it is no larger than an index of that many
+/// messages can be ([`super::map::read_bounded`]).
 pub fn load(root: &Path, listed: usize) -> Loaded {
-    let limit = (listed as u64).saturating_mul(MAX_RECORD).max(MIN_LIMIT);
-    match super::map::read_bounded(&root.join(INDEX_FILE), limit) {
+    match super::map::read_bounded(&root.join(INDEX_FILE), listed) {
         // An older corepop's index: its sizes are not reused, but it tells that this Maildir's
         // clients have seen base-name UIDLs (`%f`), which automatic UIDLs then keep.
         Ok(bytes) if bytes.starts_with(b"corepop-index 1\n") => Loaded {
             format: "%f".into(),
             ..Loaded::default()
         },
-        Ok(bytes) if bytes.len() as u64 > limit => {
-            tracing::warn!(dir = %root.display(), limit, "index is larger than the listed messages can need; rebuilding it");
-            salvage(&bytes)
-        }
         Ok(bytes) => parse(&bytes).unwrap_or_else(|| {
             tracing::warn!(dir = %root.display(), "index is invalid or from another version; rebuilding it");
             salvage(&bytes)

@@ -43,19 +43,27 @@ pub fn open_message(path: &Path) -> io::Result<(File, u64)> {
     regular(file)
 }
 
-/// Up to `limit + 1` octets of the regular file at `path`, opened as [`open_message`] opens
-/// messages (never through a symbolic link, never a FIFO or device). For the files a user
-/// who can write into their Maildir could replace (the index, `dovecot-uidlist`,
-/// `courierpop3dsizelist`): a link to `/dev/zero` or to another user's file, a FIFO (a
-/// login that never ends) or a huge sparse file (memory for the whole server) is refused or
-/// cut short. More than `limit` octets returned: the file is larger than any the caller
-/// would write.
-pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+/// The regular file at `path`, opened as [`open_message`] opens messages (never through a
+/// symbolic link, never a FIFO or device), if it is no larger than a control file of a
+/// Maildir where `listed` messages were just listed can be: 1 KiB per message (a record is a
+/// base name of at most 255 octets and a few fields) and at least 16 MiB (records of messages
+/// removed since). For the files a user who can write into their Maildir could replace (the
+/// index, `dovecot-uidlist`, `courierpop3dsizelist`): a link to `/dev/zero` or to another
+/// user's file, a FIFO (a login that never ends) or a huge sparse file (memory for the whole
+/// server) is refused (`InvalidData` when too large) and never read whole.
+pub fn read_bounded(path: &Path, listed: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
+    let limit = (listed as u64).saturating_mul(1024).max(16 << 20);
     let (file, len) = open_message(path)?;
     let take = limit.saturating_add(1);
     let mut bytes = Vec::with_capacity(len.min(take) as usize);
     file.take(take).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {limit} octets", path.display()),
+        ));
+    }
     Ok(bytes)
 }
 

@@ -290,23 +290,12 @@ fn trim_spaces(s: &[u8]) -> &[u8] {
     &s[n..]
 }
 
-/// Longest a list (`dovecot-uidlist`, `courierpop3dsizelist`) of a Maildir where `listed`
-/// messages were just listed is read: 1 KiB per message (a record is a base name of up to
-/// 255 octets and a few fields), and at least 16 MiB for records of messages removed since.
-pub fn list_limit(listed: usize) -> u64 {
-    (listed as u64).saturating_mul(1024).max(16 << 20)
-}
-
 /// Reads `dovecot-uidlist` of the Maildir at `root`, where `listed` messages were just
-/// listed. `Ok(None)`: there is none. `Err`: there is one, but it is not a regular file,
-/// is larger than [`list_limit`] or its header is not understood.
+/// listed. `Ok(None)`: there is none. `Err`: there is one, but it is not a regular file of
+/// a size such a list can have ([`super::map::read_bounded`]) or its header is not
+/// understood.
 pub fn read_dovecot(root: &Path, listed: usize) -> io::Result<Option<UidList>> {
-    let limit = list_limit(listed);
-    match super::map::read_bounded(&root.join(DOVECOT_UIDLIST), limit) {
-        Ok(bytes) if bytes.len() as u64 > limit => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("dovecot-uidlist is larger than {limit} octets"),
-        )),
+    match super::map::read_bounded(&root.join(DOVECOT_UIDLIST), listed) {
         Ok(bytes) => UidList::parse(&bytes)
             .map(Some)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "dovecot-uidlist header")),
@@ -508,15 +497,16 @@ pub fn assign_uids(
 /// `UID<uid>-<uidvalidity>`, `UID<uid>` when the line's UIDVALIDITY is 0, and for UID 0 the
 /// base name with bytes outside 0x21–0x7E and `'`, `"`, `+` written as `+XX` (hex).
 ///
-/// Read as [`read_dovecot`] reads its list; one that is not a regular file or is larger
-/// than [`list_limit`] for `listed` messages is not used.
+/// Read as [`read_dovecot`] reads its list; one that cannot be read so is not used.
 pub fn read_courier(root: &Path, listed: usize) -> Option<HashMap<String, String>> {
-    let limit = list_limit(listed);
-    let bytes = super::map::read_bounded(&root.join(COURIER_SIZELIST), limit).ok()?;
-    if bytes.len() as u64 > limit {
-        tracing::warn!(dir = %root.display(), limit, "courierpop3dsizelist is larger than any list of these messages; not using it");
-        return None;
-    }
+    let bytes = match super::map::read_bounded(&root.join(COURIER_SIZELIST), listed) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(dir = %root.display(), error = %e, "courierpop3dsizelist not used");
+            return None;
+        }
+    };
     let text = String::from_utf8(bytes).ok()?;
     let mut lines = text.split('\n');
     let mut h = lines.next()?.strip_prefix('/')?.split(' ');
