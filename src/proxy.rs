@@ -23,8 +23,9 @@ pub const V1_MAX: usize = 107;
 /// Longest v2 header we accept (16-byte fixed part + addresses + TLVs).
 pub const V2_MAX: usize = 16 + 4096;
 
-/// What the header says about the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the header says about the connection. The default is what a LOCAL or UNKNOWN
+/// header says: nothing (the proxy itself is the peer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Header {
     /// The original client, or `None` for v2 LOCAL / v1 UNKNOWN (health checks): use the
     /// socket's own peer address then.
@@ -84,14 +85,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     let line = &buf[..lf - 1];
     if line == b"PROXY UNKNOWN" || line.starts_with(b"PROXY UNKNOWN ") {
         // The rest of the line, whatever its bytes, is to be ignored.
-        return Ok(Some((
-            Header {
-                source: None,
-                destination: None,
-                client_tls: false,
-            },
-            lf + 1,
-        )));
+        return Ok(Some((Header::default(), lf + 1)));
     }
     let line = std::str::from_utf8(line).map_err(|_| ProxyError::BadV1)?;
     let mut f = line.split(' ');
@@ -147,11 +141,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     }
     let body = &buf[16..16 + len];
     let total = 16 + len;
-    let local = Header {
-        source: None,
-        destination: None,
-        client_tls: false,
-    };
+    let local = Header::default();
     match ver_cmd & 0x0F {
         0x0 => return Ok(Some((local, total))), // LOCAL: health check from the proxy itself
         0x1 => {}                               // PROXY

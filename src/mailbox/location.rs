@@ -80,7 +80,7 @@ pub fn expand(template: &str, user: &str, home: Option<&Path>) -> Result<PathBuf
     let root = match root.strip_prefix(b"~") {
         None => root,
         Some(rest) if rest.is_empty() || rest.starts_with(b"/") => {
-            let mut p = vars.home.ok_or(LocationError::NoHome)?.to_vec();
+            let mut p = vars.home()?.to_vec();
             p.extend_from_slice(rest);
             p
         }
