@@ -224,11 +224,6 @@ impl PasswdEntry {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The user's own LOGIN-DELAY in seconds (extra field `login_delay=N`), if set and valid.
-    pub fn login_delay(&self) -> Option<u64> {
-        super::login_delay_field(self.extra_field("login_delay"))
-    }
-
     /// Canonical name of the password scheme, see [`scheme::identify`].
     pub fn scheme(&self, opts: &PasswdOptions) -> Result<&'static str, SchemeError> {
         scheme::identify(&self.password, opts)
@@ -375,7 +370,9 @@ impl PasswdFile {
             scram_sha1: with_pw().all(|e| scram_capable(&e.password, ScramAlg::Sha1, &opts)),
             scram_sha256: with_pw().all(|e| scram_capable(&e.password, ScramAlg::Sha256, &opts)),
         };
-        let login_delay_per_user = users.values().any(|e| e.login_delay().is_some());
+        let login_delay_per_user = users
+            .values()
+            .any(|e| super::login_delay_field(e.extra_field("login_delay")).is_some());
         static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         PasswdFile {
             users,
