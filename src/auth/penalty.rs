@@ -47,12 +47,17 @@ pub const IPV6_PREFIX_BITS: u32 = 48;
 
 /// The key of an address: IPv4 (and IPv4-mapped IPv6) exact, IPv6 by its /48.
 pub fn ip_key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u32::from(v4) as u128,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u32::from(v4) as u128,
-            None => u128::from(v6) & !((1u128 << (128 - IPV6_PREFIX_BITS)) - 1),
-        },
+    address_key(ip, IPV6_PREFIX_BITS)
+}
+
+/// An address as a number that groups clients: IPv4 (also IPv4-mapped IPv6, how a
+/// dual-stack listener sees IPv4 clients) exact, IPv6 by its first `v6_prefix_bits` bits
+/// (one site, or one host, owns a whole prefix and can use any address in it). The penalty
+/// table and the per-address connection limit use it.
+pub fn address_key(ip: IpAddr, v6_prefix_bits: u32) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) & !u128::MAX.checked_shr(v6_prefix_bits).unwrap_or(0),
     }
 }
 

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::auth::penalty::address_key;
 use crate::config::Limits as LimitsCfg;
 
 /// The live limit values (replaced on reload).
@@ -41,7 +42,8 @@ impl Settings {
 struct Table {
     settings: Settings,
     total: u32,
-    per_ip: HashMap<IpAddr, u32>,
+    /// By [`address_key`].
+    per_ip: HashMap<u128, u32>,
     per_user: HashMap<String, u32>,
     /// When each user last logged in (only kept while a login delay applies).
     last_login: HashMap<String, Instant>,
@@ -88,7 +90,7 @@ impl ConnLimits {
 
     /// Takes a place for a new connection from `ip`.
     pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refused> {
-        let ip = per_ip_key(ip);
+        let ip = address_key(ip, PER_IP_V6_PREFIX_BITS);
         let mut t = self.lock();
         let s = t.settings;
         if s.max_connections > 0 && t.total >= s.max_connections {
@@ -139,19 +141,13 @@ impl ConnLimits {
     }
 }
 
-/// The address `max_connections_per_ip` counts `ip` under: IPv4 (plain or IPv4-mapped) as
-/// itself, IPv6 as its /64.
-fn per_ip_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
-}
+/// `max_connections_per_ip` counts IPv6 clients by their /64 (IPv4 ones one by one).
+const PER_IP_V6_PREFIX_BITS: u32 = 64;
 
 /// A connection's place in the table; dropping it gives the place back.
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
-    ip: IpAddr,
+    ip: u128,
 }
 
 impl Drop for ConnSlot {
